@@ -1,0 +1,14 @@
+//! esfleet-coordinator: a Raft-replicated store that speaks etcd's v3 API.
+//!
+//! See ARCHITECTURE.md for the map. In short: [`store`] persists the Raft log and the
+//! MVCC state machine; [`node`] ties Raft, storage and the peer transport together;
+//! [`api`] serves etcd's gRPC services on top; [`server`] wires listeners and shutdown.
+
+pub mod api;
+pub mod config;
+pub mod lease;
+pub mod node;
+pub mod peer;
+pub mod server;
+pub mod store;
+pub mod types;

@@ -1,0 +1,252 @@
+//! The coordinators' peer transport: openraft's RPCs over tonic (client side: the
+//! [`PeerNetwork`] factory; server side: [`PeerService`]), and the requests a follower
+//! hands to the leader. openraft's messages travel bincode-encoded in a `PeerMessage`
+//! envelope that also carries the cluster id, so members of different clusters never mix.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use esfleet_proto::etcdserverpb as pb;
+use esfleet_proto::raft::raft_peer_client::RaftPeerClient;
+use esfleet_proto::raft::raft_peer_server::RaftPeer;
+use esfleet_proto::raft::PeerMessage;
+use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
+    VoteResponse,
+};
+use prost::Message;
+use serde::{de::DeserializeOwned, Serialize};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Request, Response, Status};
+
+use crate::node::{MemberChange, Node};
+use crate::types::{PeerNode, TypeConfig};
+
+/// Largest message between peers (Raft batches, snapshot chunks).
+pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// Tonic clients to the other members, one lazily connected channel each, by peer URL.
+#[derive(Default, Clone)]
+pub struct PeerClients {
+    cache: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
+}
+
+impl PeerClients {
+    pub fn get(&self, url: &str) -> Result<RaftPeerClient<Channel>, Status> {
+        let mut cache = self.cache.lock().expect("poisoned");
+        if let Some(c) = cache.get(url) {
+            return Ok(c.clone());
+        }
+        let endpoint = Endpoint::from_shared(url.to_string())
+            .map_err(|e| Status::internal(format!("bad peer URL {url}: {e}")))?
+            .connect_timeout(Duration::from_secs(1))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(3));
+        let client = RaftPeerClient::new(endpoint.connect_lazy())
+            .max_decoding_message_size(MAX_PEER_MESSAGE)
+            .max_encoding_message_size(MAX_PEER_MESSAGE);
+        cache.insert(url.to_string(), client.clone());
+        Ok(client)
+    }
+}
+
+pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
+    bincode::serialize(v).map_err(|e| Status::internal(format!("encode: {e}")))
+}
+
+pub fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, Status> {
+    bincode::deserialize(b).map_err(|e| Status::invalid_argument(format!("garbled peer message: {e}")))
+}
+
+/// Builds openraft's connections to other members.
+pub struct PeerNetwork {
+    pub node_cluster_id: Arc<std::sync::atomic::AtomicU64>,
+    pub clients: PeerClients,
+}
+
+impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
+    type Network = PeerConnection;
+
+    async fn new_client(&mut self, target: u64, node: &PeerNode) -> PeerConnection {
+        PeerConnection {
+            target,
+            url: node.peer_url.clone(),
+            client: self.clients.get(&node.peer_url),
+            cluster_id: self.node_cluster_id.clone(),
+        }
+    }
+}
+
+pub struct PeerConnection {
+    target: u64,
+    url: String,
+    client: Result<RaftPeerClient<Channel>, Status>,
+    cluster_id: Arc<std::sync::atomic::AtomicU64>,
+}
+
+type RpcErr<E = openraft::error::Infallible> = RPCError<u64, PeerNode, RaftError<u64, E>>;
+
+impl PeerConnection {
+    async fn call<Req, Resp, E>(
+        &mut self,
+        method: &'static str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RpcErr<E>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |s: String| RPCError::Unreachable(Unreachable::new(&std::io::Error::other(s)));
+        let mut client = self.client.clone().map_err(|s| unreachable(s.message().to_string()))?;
+        let data = bincode::serialize(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let mut msg = Request::new(PeerMessage {
+            cluster_id: self.cluster_id.load(Ordering::Relaxed),
+            data: data.into(),
+        });
+        msg.set_timeout(option.hard_ttl());
+        let reply = match method {
+            "append" => client.append_entries(msg).await,
+            "vote" => client.vote(msg).await,
+            _ => client.install_snapshot(msg).await,
+        }
+        .map_err(|s| unreachable(format!("{} ({}): {}", self.url, self.target, s.message())))?
+        .into_inner();
+        let res: Result<Resp, RaftError<u64, E>> =
+            bincode::deserialize(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        res.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerConnection {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        self.call("append", &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
+        self.call("snapshot", &rpc, &option).await
+    }
+
+    async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
+        self.call("vote", &rpc, &option).await
+    }
+}
+
+/// The peer gRPC service.
+pub struct PeerService {
+    pub node: Arc<Node>,
+}
+
+impl PeerService {
+    /// Refuses messages from another cluster; a joining member adopts the cluster id of
+    /// the first leader that replicates to it.
+    fn check(&self, msg: &PeerMessage) -> Result<(), Status> {
+        let ours = self.node.cluster_id.load(Ordering::Relaxed);
+        if msg.cluster_id == 0 || msg.cluster_id == ours {
+            return Ok(());
+        }
+        if ours == 0 {
+            self.node.adopt_cluster_id(msg.cluster_id);
+            return Ok(());
+        }
+        Err(Status::failed_precondition(format!(
+            "cluster id mismatch: this member belongs to cluster {ours:x}, the request came from cluster {:x}",
+            msg.cluster_id
+        )))
+    }
+
+    fn reply<T: Serialize>(&self, v: &T) -> Result<Response<PeerMessage>, Status> {
+        Ok(Response::new(PeerMessage {
+            cluster_id: self.node.cluster_id.load(Ordering::Relaxed),
+            data: encode(v)?.into(),
+        }))
+    }
+}
+
+#[tonic::async_trait]
+impl RaftPeer for PeerService {
+    async fn append_entries(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        self.check(&msg)?;
+        let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
+        self.reply(&self.node.raft.append_entries(rpc).await)
+    }
+
+    async fn vote(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        self.check(&msg)?;
+        let rpc: VoteRequest<u64> = decode(&msg.data)?;
+        self.reply(&self.node.raft.vote(rpc).await)
+    }
+
+    async fn install_snapshot(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        self.check(&msg)?;
+        let rpc: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;
+        self.reply(&self.node.raft.install_snapshot(rpc).await)
+    }
+
+    async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        self.check(&msg)?;
+        let request = esfleet_proto::raft::InternalRequest::decode(msg.data.as_ref())
+            .map_err(|e| Status::invalid_argument(format!("garbled forwarded request: {e}")))?;
+        let resp = self.node.propose_local(request).await?;
+        Ok(Response::new(PeerMessage {
+            cluster_id: self.node.cluster_id.load(Ordering::Relaxed),
+            data: resp.encode_to_vec().into(),
+        }))
+    }
+
+    async fn read_index(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        self.check(&msg)?;
+        let index = self.node.leader_read_index().await?;
+        self.reply(&index)
+    }
+
+    async fn lease_keep_alive(
+        &self,
+        req: Request<pb::LeaseKeepAliveRequest>,
+    ) -> Result<Response<pb::LeaseKeepAliveResponse>, Status> {
+        let id = req.into_inner().id;
+        let ttl = self.node.leases.keep_alive_local(&self.node, id)?;
+        Ok(Response::new(pb::LeaseKeepAliveResponse {
+            header: Some(self.node.header(0)),
+            id,
+            ttl,
+        }))
+    }
+
+    async fn lease_time_to_live(
+        &self,
+        req: Request<pb::LeaseTimeToLiveRequest>,
+    ) -> Result<Response<pb::LeaseTimeToLiveResponse>, Status> {
+        let r = req.into_inner();
+        Ok(Response::new(
+            self.node.leases.time_to_live_local(&self.node, r.id, r.keys)?,
+        ))
+    }
+
+    async fn change_members(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        let msg = req.into_inner();
+        self.check(&msg)?;
+        let change: MemberChange = decode(&msg.data)?;
+        self.node.change_members_local(change).await?;
+        self.reply(&())
+    }
+}
