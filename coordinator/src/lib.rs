@@ -5,6 +5,7 @@
 //! [`api`] serves etcd's gRPC services on top; [`server`] wires listeners and shutdown.
 
 pub mod api;
+pub mod authority;
 pub mod config;
 pub mod lease;
 pub mod node;

@@ -20,6 +20,7 @@ use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::StreamExt;
 
 use crate::api::{self, MAX_GRPC_MESSAGE};
 use crate::config::{ClusterState, Config};
@@ -168,6 +169,13 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         }
     }
 
+    // Like etcd: serve clients only once this member's name and client URLs are in the
+    // replicated member list, so `member list` never shows a started member without them.
+    tokio::select! {
+        _ = publish_attributes(node.clone(), stop_rx.clone()) => {}
+        _ = stopped(stop_rx.clone()) => {}
+    }
+
     macro_rules! client_service {
         ($server:ident, $svc:expr) => {
             $server::new($svc)
@@ -196,7 +204,10 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
             MaintenanceServer,
             api::maintenance::MaintenanceService { node: node.clone() }
         ))
-        .serve_with_incoming_shutdown(TcpListenerStream::new(client_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(client_listener).map(|conn| conn.map(crate::authority::FixAuthority::new)),
+            stopped(stop_rx.clone()),
+        );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = client_server.await {
             tracing::error!(error = %e, "client server failed");
@@ -204,7 +215,6 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
     }));
 
     tasks.push(tokio::spawn(keeper.run(node.clone(), stop_rx.clone())));
-    tasks.push(tokio::spawn(publish_attributes(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(promote_learners(node.clone(), stop_rx.clone())));
 
     tracing::info!(

@@ -55,6 +55,17 @@ pub fn validate_peer_url(url: &str) -> Result<(), Status> {
     }
 }
 
+/// Waits until this member's view of the membership satisfies `done`, so a response lists
+/// the members as they are after the change (etcdctl builds the new member's
+/// --initial-cluster from it).
+async fn await_membership(node: &Node, done: impl Fn(&[pb::Member]) -> bool) {
+    let deadline = tokio::time::Instant::now() + node.request_timeout;
+    let mut metrics = node.raft.metrics();
+    while !done(&members(node)) && tokio::time::Instant::now() < deadline {
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(50), metrics.changed()).await;
+    }
+}
+
 impl ClusterService {
     async fn set_intent(&self, id: u64, promote: bool) -> Result<(), Status> {
         let req = InternalRequest {
@@ -119,6 +130,7 @@ impl Cluster for ClusterService {
             return Err(Status::not_found("etcdserver: member not found"));
         }
         self.node.change_members(MemberChange::Remove { id }).await?;
+        await_membership(&self.node, |ms| !ms.iter().any(|m| m.id == id)).await;
         Ok(Response::new(pb::MemberRemoveResponse {
             header: Some(self.node.header(0)),
             members: members(&self.node),

@@ -1,1 +1,390 @@
+//! The MVCC store's semantics, checked against what etcd does.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use esfleet_proto::etcdserverpb::{self as pb, compare, request_op, response_op, Compare, RangeRequest};
+use esfleet_proto::mvccpb::event::EventType;
+
+use super::*;
+use crate::store::backend::MemBackend;
+
+fn b(s: &str) -> Bytes {
+    Bytes::copy_from_slice(s.as_bytes())
+}
+
+struct T {
+    m: Mvcc,
+    backend: Arc<dyn Backend>,
+}
+
+impl T {
+    fn new() -> Self {
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        Self {
+            m: Mvcc::open(backend.clone()).unwrap(),
+            backend,
+        }
+    }
+
+    fn txn(&mut self, t: pb::TxnRequest) -> Result<(pb::TxnResponse, Changes), MvccError> {
+        let mut batch = WriteBatch::default();
+        let mut changes = Changes::default();
+        let r = self.m.apply_txn(&t, &mut batch, &mut changes)?;
+        self.m.persist_counters(&mut batch);
+        self.backend.write(batch).unwrap();
+        Ok((r, changes))
+    }
+
+    fn put(&mut self, k: &str, v: &str) -> Changes {
+        self.put_req(pb::PutRequest {
+            key: b(k),
+            value: b(v),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn put_req(&mut self, p: pb::PutRequest) -> Result<Changes, MvccError> {
+        let op = pb::RequestOp {
+            request: Some(request_op::Request::RequestPut(p)),
+        };
+        self.txn(pb::TxnRequest {
+            success: vec![op],
+            ..Default::default()
+        })
+        .map(|(_, c)| c)
+    }
+
+    fn del(&mut self, k: &str, end: &str) -> i64 {
+        let op = pb::RequestOp {
+            request: Some(request_op::Request::RequestDeleteRange(pb::DeleteRangeRequest {
+                key: b(k),
+                range_end: b(end),
+                prev_kv: false,
+            })),
+        };
+        let (r, _) = self
+            .txn(pb::TxnRequest {
+                success: vec![op],
+                ..Default::default()
+            })
+            .unwrap();
+        match &r.responses[0].response {
+            Some(response_op::Response::ResponseDeleteRange(d)) => d.deleted,
+            _ => unreachable!(),
+        }
+    }
+
+    fn get(&self, k: &str, rev: i64) -> Option<KeyValue> {
+        let r = self
+            .m
+            .range(&RangeRequest {
+                key: b(k),
+                revision: rev,
+                ..Default::default()
+            })
+            .unwrap();
+        r.kvs.into_iter().next()
+    }
+
+    fn compact(&mut self, rev: i64) -> Result<(), KvError> {
+        let mut batch = WriteBatch::default();
+        self.m.apply_compact(rev, &mut batch)?;
+        self.m.persist_counters(&mut batch);
+        self.backend.write(batch).unwrap();
+        Ok(())
+    }
+}
+
+#[test]
+fn revisions_versions_and_history() {
+    let mut t = T::new();
+    t.put("a", "1"); // rev 1
+    t.put("a", "2"); // rev 2
+    t.put("b", "x"); // rev 3
+    let a = t.get("a", 0).unwrap();
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 2, 2));
+    assert_eq!(t.get("a", 1).unwrap().value, b("1"), "history readable");
+    assert_eq!(t.del("a", ""), 1); // rev 4
+    assert!(t.get("a", 0).is_none());
+    assert_eq!(t.get("a", 3).unwrap().value, b("2"));
+    t.put("a", "new"); // rev 5: a new generation
+    let a = t.get("a", 0).unwrap();
+    assert_eq!((a.create_revision, a.version), (5, 1));
+    assert_eq!(t.m.revision(), 5);
+    assert!(matches!(
+        t.m.range(&RangeRequest {
+            key: b("a"),
+            revision: 6,
+            ..Default::default()
+        }),
+        Err(MvccError::Kv(KvError::FutureRev))
+    ));
+}
+
+#[test]
+fn ranges_limits_sorting_and_counts() {
+    let mut t = T::new();
+    for (k, v) in [("k3", "c"), ("k1", "z"), ("k2", "a"), ("x", "q")] {
+        t.put(k, v);
+    }
+    let r =
+        t.m.range(&RangeRequest {
+            key: b("k"),
+            range_end: b("l"),
+            limit: 2,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        vec![b("k1"), b("k2")]
+    );
+    assert_eq!((r.count, r.more), (3, true));
+    let r =
+        t.m.range(&RangeRequest {
+            key: b("k"),
+            range_end: b("l"),
+            sort_order: pb::range_request::SortOrder::Descend as i32,
+            sort_target: pb::range_request::SortTarget::Value as i32,
+            keys_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(
+        r.kvs.iter().map(|kv| kv.key.clone()).collect::<Vec<_>>(),
+        vec![b("k1"), b("k3"), b("k2")]
+    );
+    assert!(r.kvs.iter().all(|kv| kv.value.is_empty()));
+    let all =
+        t.m.range(&RangeRequest {
+            key: Bytes::from_static(&[0]),
+            range_end: Bytes::from_static(&[0]),
+            count_only: true,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!((all.count, all.kvs.len()), (4, 0));
+    let from =
+        t.m.range(&RangeRequest {
+            key: b("k2"),
+            range_end: Bytes::from_static(&[0]),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(from.count, 3);
+}
+
+#[test]
+fn txn_compares_like_etcd() {
+    let mut t = T::new();
+    t.put("a", "1");
+    let cmp =
+        |target: compare::CompareTarget, result: compare::CompareResult, u: compare::TargetUnion, key: &str| Compare {
+            result: result as i32,
+            target: target as i32,
+            key: b(key),
+            target_union: Some(u),
+            range_end: Bytes::new(),
+        };
+    let put = |k: &str| pb::RequestOp {
+        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+            key: b(k),
+            value: b("t"),
+            ..Default::default()
+        })),
+    };
+    use compare::{CompareResult as R, CompareTarget as C, TargetUnion as U};
+    let (r, _) = t
+        .txn(pb::TxnRequest {
+            compare: vec![
+                cmp(C::Value, R::Equal, U::Value(b("1")), "a"),
+                cmp(C::Mod, R::Less, U::ModRevision(5), "a"),
+            ],
+            success: vec![put("ok")],
+            failure: vec![put("fail")],
+        })
+        .unwrap();
+    assert!(r.succeeded);
+    // A missing key has version 0 ...
+    let (r, _) = t
+        .txn(pb::TxnRequest {
+            compare: vec![cmp(C::Version, R::Equal, U::Version(0), "missing")],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(r.succeeded);
+    // ... and no value, so a VALUE compare on it fails.
+    let (r, _) = t
+        .txn(pb::TxnRequest {
+            compare: vec![cmp(C::Value, R::Equal, U::Value(Bytes::new()), "missing")],
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(!r.succeeded);
+}
+
+#[test]
+fn txn_reads_its_own_writes_and_takes_one_revision() {
+    let mut t = T::new();
+    let ops = vec![
+        pb::RequestOp {
+            request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                key: b("a"),
+                value: b("1"),
+                ..Default::default()
+            })),
+        },
+        pb::RequestOp {
+            request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                key: b("b"),
+                value: b("2"),
+                ..Default::default()
+            })),
+        },
+        pb::RequestOp {
+            request: Some(request_op::Request::RequestRange(RangeRequest {
+                key: b("a"),
+                ..Default::default()
+            })),
+        },
+    ];
+    let (r, changes) = t
+        .txn(pb::TxnRequest {
+            success: ops,
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(t.m.revision(), 1);
+    assert_eq!(changes.revision, 1);
+    assert_eq!(changes.events.len(), 2);
+    match &r.responses[2].response {
+        Some(response_op::Response::ResponseRange(rr)) => assert_eq!(rr.kvs[0].value, b("1")),
+        _ => unreachable!(),
+    }
+}
+
+#[test]
+fn leases_attach_refuse_and_revoke() {
+    let mut t = T::new();
+    let err = t
+        .put_req(pb::PutRequest {
+            key: b("k"),
+            value: b("v"),
+            lease: 9,
+            ..Default::default()
+        })
+        .unwrap_err();
+    assert!(matches!(err, MvccError::Kv(KvError::LeaseNotFound)));
+    assert_eq!(t.m.revision(), 0, "a refused put changes nothing");
+    let mut batch = WriteBatch::default();
+    let mut changes = Changes::default();
+    t.m.apply_lease_grant(9, 10, &mut batch, &mut changes).unwrap();
+    assert_eq!(
+        t.m.apply_lease_grant(9, 10, &mut batch, &mut changes),
+        Err(KvError::LeaseExists)
+    );
+    t.backend.write(batch).unwrap();
+    t.put_req(pb::PutRequest {
+        key: b("k"),
+        value: b("v"),
+        lease: 9,
+        ..Default::default()
+    })
+    .unwrap();
+    t.put("other", "x");
+    assert_eq!(t.m.lease(9).unwrap().keys.len(), 1);
+    let mut batch = WriteBatch::default();
+    let mut changes = Changes::default();
+    t.m.apply_lease_revoke(9, &mut batch, &mut changes).unwrap();
+    t.m.persist_counters(&mut batch);
+    t.backend.write(batch).unwrap();
+    assert!(t.get("k", 0).is_none());
+    assert!(t.get("other", 0).is_some());
+    assert_eq!(changes.events.len(), 1);
+    assert_eq!(changes.events[0].r#type, EventType::Delete as i32);
+    assert_eq!(changes.events[0].prev_kv.as_ref().unwrap().value, b("v"));
+    assert_eq!(changes.leases_revoked, vec![9]);
+}
+
+#[test]
+fn compaction_keeps_the_state_at_the_compact_revision() {
+    let mut t = T::new();
+    t.put("a", "1"); // 1
+    t.put("a", "2"); // 2
+    t.put("gone", "x"); // 3
+    t.del("gone", ""); // 4
+    t.put("a", "3"); // 5
+    t.compact(4).unwrap();
+    assert_eq!(
+        t.get("a", 4).unwrap().value,
+        b("2"),
+        "the value at the compact revision survives"
+    );
+    assert!(matches!(
+        t.m.range(&RangeRequest {
+            key: b("a"),
+            revision: 3,
+            ..Default::default()
+        }),
+        Err(MvccError::Kv(KvError::Compacted))
+    ));
+    assert_eq!(t.compact(4), Err(KvError::Compacted));
+    assert_eq!(t.compact(9), Err(KvError::FutureRev));
+    let range = KeyRange::new(&Bytes::from_static(&[0]), &Bytes::from_static(&[0]));
+    assert!(matches!(
+        t.m.history(3, &range, false, 100),
+        Err(MvccError::Kv(KvError::Compacted))
+    ));
+    let (events, next) = t.m.history(5, &range, true, 100).unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].1.prev_kv.as_ref().unwrap().value, b("2"));
+    assert_eq!(next, 6);
+
+    // Reopening from the backend rebuilds the same state.
+    let reopened = Mvcc::open(t.backend.clone()).unwrap();
+    assert_eq!((reopened.revision(), reopened.compact_revision()), (5, 4));
+    assert_eq!(reopened.key_count(), 1);
+}
+
+#[test]
+fn history_is_chunked_on_revision_boundaries() {
+    let mut t = T::new();
+    for i in 0..10 {
+        t.put(&format!("k{i}"), "v");
+    }
+    let range = KeyRange::new(&b("k"), &b("l"));
+    let (first, next) = t.m.history(1, &range, false, 3).unwrap();
+    assert_eq!(first.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![1, 2, 3]);
+    assert_eq!(next, 4);
+    let (rest, next) = t.m.history(next, &range, false, 100).unwrap();
+    assert_eq!(rest.len(), 7);
+    assert_eq!(next, 11);
+}
+
+#[test]
+fn snapshot_restores_everything() {
+    let mut t = T::new();
+    t.put("a", "1");
+    t.put("a", "2");
+    let mut batch = WriteBatch::default();
+    t.m.apply_lease_grant(5, 30, &mut batch, &mut Changes::default())
+        .unwrap();
+    t.backend.write(batch).unwrap();
+    let body = bincode::serialize(&t.m.snapshot().unwrap()).unwrap();
+
+    let mut other = T::new();
+    other.put("junk", "x");
+    let mut batch = WriteBatch::default();
+    other
+        .m
+        .restore(bincode::deserialize(&body).unwrap(), &mut batch)
+        .unwrap();
+    other.backend.write(batch).unwrap();
+    other.m.reload().unwrap();
+    assert!(other.get("junk", 0).is_none());
+    assert_eq!(other.get("a", 1).unwrap().value, b("1"));
+    assert_eq!(other.m.revision(), 2);
+    assert_eq!(other.m.lease(5).unwrap().ttl, 30);
+}
