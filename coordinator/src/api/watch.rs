@@ -318,6 +318,6 @@ impl Watcher {
     fn wants(&self, e: &Event) -> bool {
         let key = e.kv.as_ref().map(|kv| kv.key.as_ref()).unwrap_or_default();
         let is_put = e.r#type == EventType::Put as i32;
-        self.range.contains(key) && !(is_put && self.no_put) && !(!is_put && self.no_delete)
+        self.range.contains(key) && !(is_put && self.no_put) && (is_put || !self.no_delete)
     }
 }

@@ -39,6 +39,9 @@ impl WriteBatch {
     }
 }
 
+/// A key and its value.
+pub type KeyValuePair = (Vec<u8>, Vec<u8>);
+
 /// An ordered, byte-keyed store with atomic batches and an explicit durability point.
 pub trait Backend: Send + Sync + 'static {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError>;
@@ -47,7 +50,7 @@ pub trait Backend: Send + Sync + 'static {
     fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), BackendError>;
 
     /// The last entry in `[start, end)`.
-    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackendError>;
+    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValuePair>, BackendError>;
 
     /// Applies every op of the batch, or none of them (also across a crash).
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError>;
@@ -93,7 +96,7 @@ impl Backend for MemBackend {
         Ok(())
     }
 
-    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValuePair>, BackendError> {
         if start >= end {
             return Ok(None);
         }

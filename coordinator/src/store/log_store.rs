@@ -4,6 +4,10 @@
 //! flusher thread that batches every append waiting at that moment into one fsync
 //! (group commit), and completes their callbacks in order.
 
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); our helpers
+// return it too rather than convert at every call.
+#![allow(clippy::result_large_err)]
+
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc};

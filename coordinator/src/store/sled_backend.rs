@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::backend::{Backend, BackendError, WriteBatch};
+use super::backend::{Backend, BackendError, KeyValuePair, WriteBatch};
 
 pub struct SledBackend {
     db: sled::Db,
@@ -49,7 +49,7 @@ impl Backend for SledBackend {
         Ok(())
     }
 
-    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>, BackendError> {
+    fn last_in(&self, start: &[u8], end: &[u8]) -> Result<Option<KeyValuePair>, BackendError> {
         if start >= end {
             return Ok(None);
         }
