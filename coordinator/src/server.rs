@@ -150,7 +150,10 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
     let peer_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
         .add_service(peer_service)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(peer_listener), stopped(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(peer_listener).map(|c| c.map(nodelay)),
+            stopped(stop_rx.clone()),
+        );
     tasks.push(tokio::spawn(async move {
         if let Err(e) = peer_server.await {
             tracing::error!(error = %e, "peer server failed");
@@ -205,7 +208,8 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
             api::maintenance::MaintenanceService { node: node.clone() }
         ))
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(client_listener).map(|conn| conn.map(crate::authority::FixAuthority::new)),
+            TcpListenerStream::new(client_listener)
+                .map(|conn| conn.map(nodelay).map(crate::authority::FixAuthority::new)),
             stopped(stop_rx.clone()),
         );
     tasks.push(tokio::spawn(async move {
@@ -229,6 +233,15 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         stop: stop_tx,
         tasks,
     })
+}
+
+/// tonic ignores `tcp_nodelay` for listeners it does not bind itself; without it, Nagle's
+/// algorithm holds small responses back ~40 ms.
+fn nodelay(conn: tokio::net::TcpStream) -> tokio::net::TcpStream {
+    if let Err(e) = conn.set_nodelay(true) {
+        tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+    }
+    conn
 }
 
 /// Publishes this member's name and client URLs through Raft (so `member list` shows

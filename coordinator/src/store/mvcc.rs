@@ -206,7 +206,8 @@ impl Mvcc {
             self.revision = c.revision;
             self.compact_revision = c.compact_revision;
         } else {
-            self.revision = 0;
+            // As etcd: an empty store is at revision 1, so the first write gets revision 2.
+            self.revision = 1;
             self.compact_revision = 0;
         }
         let mut err = None;

@@ -104,19 +104,19 @@ fn revisions_versions_and_history() {
     t.put("a", "2"); // rev 2
     t.put("b", "x"); // rev 3
     let a = t.get("a", 0).unwrap();
-    assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 2, 2));
-    assert_eq!(t.get("a", 1).unwrap().value, b("1"), "history readable");
-    assert_eq!(t.del("a", ""), 1); // rev 4
+    assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 3, 2));
+    assert_eq!(t.get("a", 2).unwrap().value, b("1"), "history readable");
+    assert_eq!(t.del("a", ""), 1); // rev 5
     assert!(t.get("a", 0).is_none());
-    assert_eq!(t.get("a", 3).unwrap().value, b("2"));
-    t.put("a", "new"); // rev 5: a new generation
+    assert_eq!(t.get("a", 4).unwrap().value, b("2"));
+    t.put("a", "new"); // rev 6: a new generation
     let a = t.get("a", 0).unwrap();
-    assert_eq!((a.create_revision, a.version), (5, 1));
-    assert_eq!(t.m.revision(), 5);
+    assert_eq!((a.create_revision, a.version), (6, 1));
+    assert_eq!(t.m.revision(), 6);
     assert!(matches!(
         t.m.range(&RangeRequest {
             key: b("a"),
-            revision: 6,
+            revision: 7,
             ..Default::default()
         }),
         Err(MvccError::Kv(KvError::FutureRev))
@@ -256,8 +256,8 @@ fn txn_reads_its_own_writes_and_takes_one_revision() {
             ..Default::default()
         })
         .unwrap();
-    assert_eq!(t.m.revision(), 1);
-    assert_eq!(changes.revision, 1);
+    assert_eq!(t.m.revision(), 2);
+    assert_eq!(changes.revision, 2);
     assert_eq!(changes.events.len(), 2);
     match &r.responses[2].response {
         Some(response_op::Response::ResponseRange(rr)) => assert_eq!(rr.kvs[0].value, b("1")),
@@ -277,7 +277,7 @@ fn leases_attach_refuse_and_revoke() {
         })
         .unwrap_err();
     assert!(matches!(err, MvccError::Kv(KvError::LeaseNotFound)));
-    assert_eq!(t.m.revision(), 0, "a refused put changes nothing");
+    assert_eq!(t.m.revision(), 1, "a refused put changes nothing");
     let mut batch = WriteBatch::default();
     let mut changes = Changes::default();
     t.m.apply_lease_grant(9, 10, &mut batch, &mut changes).unwrap();
@@ -316,35 +316,35 @@ fn compaction_keeps_the_state_at_the_compact_revision() {
     t.put("gone", "x"); // 3
     t.del("gone", ""); // 4
     t.put("a", "3"); // 5
-    t.compact(4).unwrap();
+    t.compact(5).unwrap();
     assert_eq!(
-        t.get("a", 4).unwrap().value,
+        t.get("a", 5).unwrap().value,
         b("2"),
         "the value at the compact revision survives"
     );
     assert!(matches!(
         t.m.range(&RangeRequest {
             key: b("a"),
-            revision: 3,
+            revision: 4,
             ..Default::default()
         }),
         Err(MvccError::Kv(KvError::Compacted))
     ));
-    assert_eq!(t.compact(4), Err(KvError::Compacted));
+    assert_eq!(t.compact(5), Err(KvError::Compacted));
     assert_eq!(t.compact(9), Err(KvError::FutureRev));
     let range = KeyRange::new(&Bytes::from_static(&[0]), &Bytes::from_static(&[0]));
     assert!(matches!(
-        t.m.history(3, &range, false, 100),
+        t.m.history(4, &range, false, 100),
         Err(MvccError::Kv(KvError::Compacted))
     ));
-    let (events, next) = t.m.history(5, &range, true, 100).unwrap();
+    let (events, next) = t.m.history(6, &range, true, 100).unwrap();
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].1.prev_kv.as_ref().unwrap().value, b("2"));
-    assert_eq!(next, 6);
+    assert_eq!(next, 7);
 
     // Reopening from the backend rebuilds the same state.
     let reopened = Mvcc::open(t.backend.clone()).unwrap();
-    assert_eq!((reopened.revision(), reopened.compact_revision()), (5, 4));
+    assert_eq!((reopened.revision(), reopened.compact_revision()), (6, 5));
     assert_eq!(reopened.key_count(), 1);
 }
 
@@ -355,12 +355,12 @@ fn history_is_chunked_on_revision_boundaries() {
         t.put(&format!("k{i}"), "v");
     }
     let range = KeyRange::new(&b("k"), &b("l"));
-    let (first, next) = t.m.history(1, &range, false, 3).unwrap();
-    assert_eq!(first.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![1, 2, 3]);
-    assert_eq!(next, 4);
+    let (first, next) = t.m.history(2, &range, false, 3).unwrap();
+    assert_eq!(first.iter().map(|(r, _)| *r).collect::<Vec<_>>(), vec![2, 3, 4]);
+    assert_eq!(next, 5);
     let (rest, next) = t.m.history(next, &range, false, 100).unwrap();
     assert_eq!(rest.len(), 7);
-    assert_eq!(next, 11);
+    assert_eq!(next, 12);
 }
 
 #[test]
@@ -384,7 +384,7 @@ fn snapshot_restores_everything() {
     other.backend.write(batch).unwrap();
     other.m.reload().unwrap();
     assert!(other.get("junk", 0).is_none());
-    assert_eq!(other.get("a", 1).unwrap().value, b("1"));
-    assert_eq!(other.m.revision(), 2);
+    assert_eq!(other.get("a", 2).unwrap().value, b("1"));
+    assert_eq!(other.m.revision(), 3);
     assert_eq!(other.m.lease(5).unwrap().ttl, 30);
 }

@@ -1,0 +1,185 @@
+//! Killing the leader under load loses no acknowledged write, and a cluster stopped whole
+//! comes back from disk with its keys, revisions and leases.
+
+use std::time::{Duration, Instant};
+
+use esfleet_tests::{poll, Flavor, Options, ProcessCluster};
+use etcd_client::{GetOptions, LeaseTimeToLiveOptions};
+
+use crate::fixtures::{assert_all_acked_present, flavor, Writer, PATIENCE};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn leader_kill_under_writes_then_full_restart_from_disk() {
+    // Frequent snapshots, so that catching up and restarting go through them too.
+    let options = Options {
+        snapshot_count: Some(100),
+        ..Options::default()
+    };
+    let mut c = ProcessCluster::start_with(flavor(), 3, options)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let mut client = c.client().await;
+
+    let lease = client.lease_grant(600, None).await.expect("lease grant");
+    let leased = client
+        .put(
+            "/t20/leased",
+            "lives as long as its lease",
+            Some(etcd_client::PutOptions::new().with_lease(lease.id())),
+        )
+        .await
+        .expect("put with lease");
+    let leased_rev = leased.header().unwrap().revision();
+
+    let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    // The writer talks to the followers only: its writes are forwarded to the leader
+    // before the kill, and it needs no endpoint of the dead member after.
+    let followers: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
+    let writer = Writer::start(ProcessCluster::connect(&followers).await, "/t20/w/");
+    writer.wait_for_acks(100).await.unwrap_or_else(|e| panic!("{e:?}"));
+
+    c.kill(leader).unwrap();
+    let killed_at = Instant::now();
+    let acked_at_kill = writer.acked();
+    // The writer's put in flight at the kill may hang until its 5 s timeout; a probe with
+    // short timeouts shows when the survivors accept writes again.
+    let probe = ProcessCluster::connect(&followers).await;
+    poll("the survivors to accept a write", PATIENCE, || async {
+        let mut probe = probe.clone();
+        let put = probe.put("/t20/probe", "p", None);
+        tokio::time::timeout(Duration::from_secs(1), put).await??;
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.log_tails()));
+    let probed = killed_at.elapsed();
+    let recovered = poll(
+        "the writer's first write acknowledged after the kill",
+        PATIENCE,
+        || async {
+            writer
+                .first_ack_after(killed_at)
+                .ok_or_else(|| anyhow::anyhow!("none yet ({} failed writes)", writer.errors()))
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.log_tails()));
+    let new_leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert_ne!(new_leader, leader, "the killed member cannot be the leader");
+    println!(
+        "{}: after SIGKILL of the leader, a write was accepted within {probed:?}; the writer's \
+         next acknowledgement came after {:?} ({acked_at_kill} before the kill, {} failed)",
+        c.flavor().name(),
+        recovered - killed_at,
+        writer.errors()
+    );
+    writer
+        .wait_for_acks(writer.acked() + 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+
+    // The killed member comes back and catches up (after this many writes and with
+    // frequent snapshots, possibly from a snapshot).
+    c.restart(leader).unwrap();
+    let acks = writer.stop().await;
+    let last = acks.last().expect("acknowledged writes").clone();
+    let back = c.client_for(leader).await;
+    poll("the restarted member to catch up", PATIENCE, || async {
+        let got = back
+            .clone()
+            .get(last.key.as_str(), Some(GetOptions::new().with_serializable()))
+            .await?;
+        anyhow::ensure!(got.kvs().len() == 1, "{} not there yet", last.key);
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}\n{}", c.log_tails()));
+
+    let client = c.client().await;
+    assert_all_acked_present(&client, "/t20/w/", &acks)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert_all_acked_present(&back, "/t20/w/", &acks)
+        .await
+        .unwrap_or_else(|e| panic!("read through the restarted member: {e:?}"));
+
+    // Everything, as stored before a full stop.
+    let before = client
+        .clone()
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("read all keys");
+    let before_rev = before.header().unwrap().revision();
+
+    for i in 0..3 {
+        let status = c.stop(i).await.unwrap_or_else(|e| panic!("{e:?}"));
+        if c.flavor() == Flavor::Esfleet {
+            assert!(status.success(), "{} exited with {status} on SIGTERM", c.name(i));
+        }
+    }
+    for i in 0..3 {
+        c.restart(i).unwrap();
+    }
+    // Wait with reads only (a write would move the revision this test compares), until
+    // every member serves them.
+    for i in 0..3 {
+        let member = c.client_for(i).await;
+        poll("a linearizable read after the full restart", PATIENCE, || async {
+            Ok(member.clone().get("/t20/leased", None).await?)
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:?}\n{}", c.name(i), c.log_tails()));
+    }
+    let client = c.client().await;
+    let after = client
+        .clone()
+        .get("", Some(GetOptions::new().with_all_keys()))
+        .await
+        .expect("read all keys after the restart");
+
+    assert_eq!(
+        after.header().unwrap().revision(),
+        before_rev,
+        "the store's revision survives a restart"
+    );
+    assert_eq!(after.kvs().len(), before.kvs().len());
+    for (a, b) in after.kvs().iter().zip(before.kvs()) {
+        let show = |kv: &etcd_client::KeyValue| {
+            (
+                String::from_utf8_lossy(kv.key()).into_owned(),
+                String::from_utf8_lossy(kv.value()).into_owned(),
+                kv.create_revision(),
+                kv.mod_revision(),
+                kv.version(),
+                kv.lease(),
+            )
+        };
+        assert_eq!(show(a), show(b), "a key changed across the restart");
+    }
+    let leased_kv = after
+        .kvs()
+        .iter()
+        .find(|kv| kv.key() == b"/t20/leased")
+        .expect("the leased key survives");
+    assert_eq!(leased_kv.mod_revision(), leased_rev);
+    assert_eq!(leased_kv.lease(), lease.id());
+
+    let mut client = client;
+    let leases = client.leases().await.expect("list leases");
+    assert!(
+        leases.leases().iter().any(|l| l.id() == lease.id()),
+        "the lease survives the restart: {:?}",
+        leases.leases().iter().map(|l| l.id()).collect::<Vec<_>>()
+    );
+    let ttl = client
+        .lease_time_to_live(lease.id(), Some(LeaseTimeToLiveOptions::new().with_keys()))
+        .await
+        .expect("lease time to live");
+    assert!(ttl.ttl() > 0, "lease TTL after restart: {}", ttl.ttl());
+    assert_eq!(ttl.granted_ttl(), 600);
+    assert_eq!(ttl.keys(), [b"/t20/leased".to_vec()]);
+
+    // And it serves writes again.
+    let put = client.put("/t20/after", "v", None).await.expect("put after restart");
+    assert_eq!(put.header().unwrap().revision(), before_rev + 1);
+}

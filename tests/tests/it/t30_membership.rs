@@ -1,0 +1,123 @@
+//! Membership changes while the cluster serves writes: a member joins and serves all the
+//! data, another (a follower, or the leader itself) leaves, and writes keep succeeding.
+
+use std::collections::BTreeSet;
+
+use esfleet_tests::{poll, ProcessCluster};
+use etcd_client::GetOptions;
+
+use crate::fixtures::{assert_all_acked_present, cluster, read_prefix, Writer, PATIENCE};
+
+/// Waits until the member list (read through `client`) has exactly the members `expected`
+/// (by index), each with its name, peer URL and client URL.
+async fn assert_members(c: &ProcessCluster, client: &etcd_client::Client, expected: &[usize]) {
+    let want: BTreeSet<(String, String, String)> = expected
+        .iter()
+        .map(|&i| (c.name(i).to_string(), c.peer_url(i), c.endpoint(i)))
+        .collect();
+    poll("the member list to settle", PATIENCE, || async {
+        let list = client.clone().member_list().await?;
+        let got: BTreeSet<(String, String, String)> = list
+            .members()
+            .iter()
+            .map(|m| (m.name().to_string(), m.peer_urls().join(","), m.client_urls().join(",")))
+            .collect();
+        anyhow::ensure!(got == want, "member list {got:?}, expected {want:?}");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn add_a_member_and_remove_another_under_writes() {
+    let mut c = cluster(3).await;
+    let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    let leaving = (0..3).rev().find(|&i| i != leader).unwrap();
+    let staying: Vec<usize> = (0..3).filter(|&i| i != leaving).collect();
+    let stayers = ProcessCluster::connect(&staying.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>()).await;
+    let writer = Writer::start(stayers.clone(), "/t30/w/");
+    writer.wait_for_acks(50).await.unwrap_or_else(|e| panic!("{e:?}"));
+
+    let joined = c.add_member("n4").await.unwrap_or_else(|e| panic!("{e:?}"));
+    writer
+        .wait_for_acks(writer.acked() + 30)
+        .await
+        .unwrap_or_else(|e| panic!("writes with four members: {e:?}"));
+
+    c.remove_member(leaving).await.unwrap_or_else(|e| panic!("{e:?}"));
+    writer
+        .wait_for_acks(writer.acked() + 50)
+        .await
+        .unwrap_or_else(|e| panic!("writes after the removal: {e:?}\n{}", c.log_tails()));
+    println!(
+        "{}: {} writes acknowledged, {} failed during the membership changes",
+        c.flavor().name(),
+        writer.acked(),
+        writer.errors()
+    );
+
+    let mut now = staying.clone();
+    now.push(joined);
+    assert_members(&c, &stayers, &now).await;
+    let newcomer = c.client_for(joined).await;
+    assert_members(&c, &newcomer, &now).await;
+    assert!(!c.is_running(leaving));
+
+    let acks = writer.stop().await;
+    // The new member serves every write, linearizably...
+    assert_all_acked_present(&newcomer, "/t30/w/", &acks)
+        .await
+        .unwrap_or_else(|e| panic!("read through the new member: {e:?}"));
+    // ...and, once caught up, from its own copy (a serializable read).
+    let expected = read_prefix(&stayers, "/t30/w/").await.unwrap();
+    poll("the new member's own copy to catch up", PATIENCE, || async {
+        let local = newcomer
+            .clone()
+            .get("/t30/w/", Some(GetOptions::new().with_prefix().with_serializable()))
+            .await?;
+        anyhow::ensure!(
+            local.kvs().len() == expected.len(),
+            "{} of {} keys",
+            local.kvs().len(),
+            expected.len()
+        );
+        for kv in local.kvs() {
+            let want = &expected[String::from_utf8_lossy(kv.key()).as_ref()];
+            anyhow::ensure!(
+                kv.value() == want.value() && kv.mod_revision() == want.mod_revision(),
+                "{:?} differs",
+                String::from_utf8_lossy(kv.key())
+            );
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn remove_the_leader_under_writes() {
+    let mut c = cluster(3).await;
+    let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    let staying: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let stayers = ProcessCluster::connect(&staying.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>()).await;
+    let writer = Writer::start(stayers.clone(), "/t30/l/");
+    writer.wait_for_acks(50).await.unwrap_or_else(|e| panic!("{e:?}"));
+
+    c.remove_member(leader).await.unwrap_or_else(|e| panic!("{e:?}"));
+    writer
+        .wait_for_acks(writer.acked() + 50)
+        .await
+        .unwrap_or_else(|e| panic!("writes after removing the leader: {e:?}\n{}", c.log_tails()));
+    let new_leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(staying.contains(&new_leader), "leader {new_leader}");
+    assert_members(&c, &stayers, &staying).await;
+
+    let acks = writer.stop().await;
+    for &i in &staying {
+        assert_all_acked_present(&c.client_for(i).await, "/t30/l/", &acks)
+            .await
+            .unwrap_or_else(|e| panic!("read through {}: {e:?}", c.name(i)));
+    }
+}
