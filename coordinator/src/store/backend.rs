@@ -87,8 +87,15 @@ impl Backend for MemBackend {
         if start >= end {
             return Ok(());
         }
-        let map = self.map.lock().expect("poisoned");
-        for (k, v) in map.range(start.to_vec()..end.to_vec()) {
+        // Copy out first: the visitor may read the backend again (as sled allows), and
+        // holding the lock across it would deadlock.
+        let items: Vec<KeyValuePair> = {
+            let map = self.map.lock().expect("poisoned");
+            map.range(start.to_vec()..end.to_vec())
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect()
+        };
+        for (k, v) in &items {
             if !f(k, v) {
                 break;
             }
@@ -155,6 +162,14 @@ pub(crate) fn conformance(b: &dyn Backend) {
     })
     .unwrap();
     assert_eq!(first, vec![0, 1], "scan stops when the visitor says so");
+
+    let mut nested = 0;
+    b.scan(&[1], &[2], &mut |k, _| {
+        nested += usize::from(b.get(k).unwrap().is_some());
+        true
+    })
+    .unwrap();
+    assert_eq!(nested, 10, "the visitor may read the backend");
 
     assert_eq!(b.last_in(&[1], &[2]).unwrap(), Some((vec![1, 9], vec![9])));
     assert_eq!(b.last_in(&[3], &[4]).unwrap(), None);
