@@ -1,0 +1,1 @@
+//! The agent's reconcile step: `diff(desired, actual) -> Vec<Task>` (to be written).

@@ -1,0 +1,88 @@
+//! The `[X-Fleet]` section: fleet's options with fleet's semantics, plus esfleet's
+//! (DESIGN.md "Unit options"). Parsed from a unit file by [`crate::unit::UnitFile`].
+
+use serde::{Deserialize, Serialize};
+
+/// What the agent does with a unit when it has lost its lease (DESIGN.md decision 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Fence {
+    /// Stop the unit before the coordinator could place it elsewhere (the default).
+    #[default]
+    Stop,
+    /// Keep it running: a duplicate is harmless and availability matters more.
+    Keep,
+}
+
+/// One `MachineMetadata=` condition on one key. Conditions on different keys AND together;
+/// values of one key OR together (fleet's semantics). `key!=v` negates: the machine's value
+/// must be none of `values` (a machine without the key matches).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataCond {
+    pub key: String,
+    pub negate: bool,
+    pub values: Vec<String>,
+}
+
+/// `DistinctBy=<key>[:<n>]`: at most `max` units of the group per value of metadata `key`.
+/// `host` means the machine itself.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Distinct {
+    pub key: String,
+    pub max: u32,
+}
+
+/// `Resources=cpu=<n> memory=<size> disk=<size>`; zero means "not asked for".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resources {
+    /// Thousandths of a CPU (`cpu=1.5` → 1500).
+    pub cpu_millis: u64,
+    pub memory_bytes: u64,
+    pub disk_bytes: u64,
+}
+
+impl Resources {
+    pub fn is_zero(&self) -> bool {
+        *self == Resources::default()
+    }
+}
+
+/// `HealthCheck=`: an `http://` or `https://` URL that must answer 2xx, or a command that
+/// must exit 0. Run by the agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HealthCheck {
+    Http(String),
+    Command(String),
+}
+
+/// The parsed `[X-Fleet]` section, specifiers (`%n %N %p %i`) already expanded.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct XFleet {
+    /// `MachineID=`: only this machine.
+    pub machine_id: Option<String>,
+    /// `MachineOf=`: the same machine as these units (in fleet, one or more).
+    pub machine_of: Vec<String>,
+    /// `MachineMetadata=`: grouped by key, in first-seen order.
+    pub machine_metadata: Vec<MetadataCond>,
+    /// `Conflicts=`: globs over unit names; checked both ways.
+    pub conflicts: Vec<String>,
+    /// `Global=true`: on every machine matching `machine_metadata` and `conflicts`.
+    pub global: bool,
+    /// `Replaces=`: take these units' machine; they move elsewhere.
+    pub replaces: Vec<String>,
+    /// `DistinctBy=`: hard anti-affinity within `group`.
+    pub distinct_by: Vec<Distinct>,
+    /// `SpreadBy=`: soft, even spread within `group` over values of these keys.
+    pub spread_by: Vec<String>,
+    /// `Group=`, defaulting to the template prefix (`es-data@3` → `es-data`) or, for a
+    /// plain unit, the unit's own name without the suffix.
+    pub group: String,
+    pub resources: Resources,
+    /// `StartAfter=`: globs; launch only once every matching unit is active.
+    pub start_after: Vec<String>,
+    pub health_check: Option<HealthCheck>,
+    /// `MaxUnavailable=`, default 1.
+    pub max_unavailable: u32,
+    pub fence: Fence,
+}

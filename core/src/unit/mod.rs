@@ -1,0 +1,1 @@
+//! Unit files: systemd syntax and the `[X-Fleet]` section (to be written).
