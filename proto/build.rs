@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 "proto/etcd/kv.proto",
                 "proto/etcd/rpc.proto",
                 "proto/esfleet/raft.proto",
+                "proto/esfleet/fleet.proto",
+                "proto/esfleet/agent.proto",
             ],
             &["proto"],
         )?;
