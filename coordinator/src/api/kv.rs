@@ -9,8 +9,7 @@ use tonic::{Request, Response, Status};
 
 use super::*;
 use crate::node::Node;
-use crate::store::backend::WriteBatch;
-use crate::store::mvcc::{Changes, MvccError};
+use crate::store::mvcc::MvccError;
 
 pub struct KvService {
     pub node: Arc<Node>,
@@ -103,12 +102,8 @@ impl Kv for KvService {
         if is_read_only(&t) {
             // Served locally after a read index, like etcd's read-only txns: no Raft write.
             self.node.linearizable().await?;
-            let mut m = self.node.store.mvcc.write().expect("poisoned");
-            let mut batch = WriteBatch::default();
-            let mut resp = m
-                .apply_txn(&t, &mut batch, &mut Changes::default())
-                .map_err(mvcc_status)?;
-            debug_assert!(batch.is_empty(), "a read-only txn wrote");
+            let m = self.node.store.mvcc.read().expect("poisoned");
+            let mut resp = m.read_txn(&t).map_err(mvcc_status)?;
             let rev = m.revision();
             drop(m);
             fill_headers(&mut resp, &self.node.header(rev));

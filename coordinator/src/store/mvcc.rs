@@ -471,6 +471,43 @@ impl Mvcc {
         Ok(resp)
     }
 
+    /// Evaluates a txn that only reads (every op, nested ones too, is a Range) under a
+    /// shared borrow, so read-only txns never wait for or stall the apply path. A write op
+    /// found anyway is skipped: callers check [`is_read_only`](crate::api) first.
+    pub fn read_txn(&self, txn: &pb::TxnRequest) -> Result<pb::TxnResponse, MvccError> {
+        let mut path = Vec::new();
+        self.txn_path(txn, &mut path);
+        self.check_ops(txn, &path, &mut 0)?;
+        self.exec_read_txn(txn, &path, &mut 0)
+    }
+
+    fn exec_read_txn(
+        &self,
+        txn: &pb::TxnRequest,
+        path: &[bool],
+        pos: &mut usize,
+    ) -> Result<pb::TxnResponse, MvccError> {
+        let ok = path[*pos];
+        *pos += 1;
+        let ops = if ok { &txn.success } else { &txn.failure };
+        let mut responses = Vec::with_capacity(ops.len());
+        for op in ops {
+            let resp = match &op.request {
+                Some(request_op::Request::RequestRange(r)) => response_op::Response::ResponseRange(self.range(r)?),
+                Some(request_op::Request::RequestTxn(t)) => {
+                    response_op::Response::ResponseTxn(self.exec_read_txn(t, path, pos)?)
+                }
+                _ => continue,
+            };
+            responses.push(pb::ResponseOp { response: Some(resp) });
+        }
+        Ok(pb::TxnResponse {
+            header: None,
+            succeeded: ok,
+            responses,
+        })
+    }
+
     fn exec_txn(
         &mut self,
         txn: &pb::TxnRequest,

@@ -388,3 +388,46 @@ fn snapshot_restores_everything() {
     assert_eq!(other.m.revision(), 3);
     assert_eq!(other.m.lease(5).unwrap().ttl, 30);
 }
+
+#[test]
+fn read_only_txn_answers_like_the_write_path() {
+    let mut t = T::new();
+    t.put("a", "1");
+    t.put("b", "2");
+    let range = |k: &str| pb::RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: b(k),
+            ..Default::default()
+        })),
+    };
+    let cmp = Compare {
+        result: compare::CompareResult::Equal as i32,
+        target: compare::CompareTarget::Value as i32,
+        key: b("a"),
+        target_union: Some(compare::TargetUnion::Value(b("1"))),
+        range_end: Bytes::new(),
+    };
+    let nested = pb::RequestOp {
+        request: Some(request_op::Request::RequestTxn(pb::TxnRequest {
+            compare: vec![Compare {
+                key: b("b"),
+                ..cmp.clone()
+            }],
+            success: vec![range("x")],
+            failure: vec![range("b")],
+        })),
+    };
+    let txn = pb::TxnRequest {
+        compare: vec![cmp],
+        success: vec![range("a"), nested],
+        failure: vec![range("b")],
+    };
+    let before = t.m.revision();
+    let shared = t.m.read_txn(&txn).unwrap();
+    let (written, changes) = t.txn(txn).unwrap();
+    assert_eq!(shared, written);
+    assert!(shared.succeeded);
+    assert_eq!(shared.responses.len(), 2);
+    assert_eq!(t.m.revision(), before, "a read-only txn took a revision");
+    assert!(changes.events.is_empty());
+}
