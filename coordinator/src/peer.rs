@@ -153,15 +153,22 @@ pub struct PeerService {
 
 impl PeerService {
     /// Refuses messages from another cluster; a joining member adopts the cluster id of
-    /// the first leader that replicates to it.
+    /// the first leader that replicates to it. A sender without a cluster id is a member
+    /// that has not joined anything yet: only another such member listens to it.
     fn check(&self, msg: &PeerMessage) -> Result<(), Status> {
         let ours = self.node.cluster_id.load(Ordering::Relaxed);
-        if msg.cluster_id == 0 || msg.cluster_id == ours {
+        if msg.cluster_id == ours {
             return Ok(());
         }
         if ours == 0 {
             self.node.adopt_cluster_id(msg.cluster_id);
             return Ok(());
+        }
+        if msg.cluster_id == 0 {
+            return Err(Status::failed_precondition(format!(
+                "this member belongs to cluster {ours:x} and the request carries no cluster id: \
+                 a member must join (be added with `member add`) before it takes part"
+            )));
         }
         Err(Status::failed_precondition(format!(
             "cluster id mismatch: this member belongs to cluster {ours:x}, the request came from cluster {:x}",
