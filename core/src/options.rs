@@ -86,3 +86,26 @@ pub struct XFleet {
     pub max_unavailable: u32,
     pub fence: Fence,
 }
+
+impl XFleet {
+    /// The options of a unit with an empty `[X-Fleet]` section: its group is the template
+    /// prefix (`es-data@3.service` → `es-data`) or, for a plain unit, its stem;
+    /// `MaxUnavailable=1`; `Fence=stop`.
+    pub fn for_unit(name: &crate::name::UnitName) -> XFleet {
+        XFleet {
+            group: name.prefix().to_string(),
+            max_unavailable: 1,
+            ..XFleet::default()
+        }
+    }
+}
+
+impl MetadataCond {
+    /// Whether a machine whose metadata has `value` for this key (None: no such key)
+    /// satisfies the condition. `zone=a zone=b` matches a or b; `zone!=a` matches anything
+    /// but a, including a machine without a zone.
+    pub fn matches(&self, value: Option<&str>) -> bool {
+        let listed = value.is_some_and(|v| self.values.iter().any(|x| x == v));
+        listed != self.negate
+    }
+}
