@@ -66,6 +66,9 @@ pub struct UnitRecord {
     pub desired: DesiredState,
     /// `[X-Fleet]`, parsed and validated when submitted, specifiers expanded for this name.
     pub options: XFleet,
+    /// True when the unit file has an `[Install]` section: its schedule entries say `enable`.
+    #[serde(default)]
+    pub has_install: bool,
 }
 
 /// Facts the agent detects on its host.

@@ -9,6 +9,14 @@ use serde::{Deserialize, Serialize};
 use crate::model::{MachineRecord, ScheduleEntry, UnitRecord, UnitState};
 use crate::name::UnitName;
 
+mod globs;
+mod pass;
+#[cfg(test)]
+mod proptests;
+mod reason;
+#[cfg(test)]
+mod tests;
+
 /// Everything the scheduler may look at, read at one revision.
 #[derive(Debug, Clone, Default)]
 pub struct ClusterView {
@@ -62,7 +70,51 @@ impl Plan {
 }
 
 /// One scheduling pass: what to write so that every unit that should run is placed validly.
+///
+/// Running units stay where they are as long as their placement is still valid (moving an
+/// Elasticsearch node costs a full copy of its data); only unplaced units, units on lost
+/// machines, units whose machine no longer satisfies them and units on draining machines
+/// (at most `MaxUnavailable` per group at a time) get new placements. Applying the plan
+/// with [`apply`] and scheduling again gives an empty plan while agents report nothing new.
 pub fn schedule(view: &ClusterView, cfg: &Config) -> Plan {
-    let _ = (view, cfg);
-    Plan::default()
+    pass::run(view, cfg)
+}
+
+/// Applies `plan`'s actions to `view.placements`, as the coordinator's Txn does to the store.
+pub fn apply(view: &mut ClusterView, plan: &Plan) {
+    for action in &plan.actions {
+        match action {
+            Action::Put { machine, entry } => {
+                view.placements
+                    .entry(machine.clone())
+                    .or_default()
+                    .insert(entry.unit.clone(), entry.clone());
+            }
+            Action::Delete { machine, unit } => {
+                if let Some(units) = view.placements.get_mut(machine) {
+                    units.remove(unit);
+                    if units.is_empty() {
+                        view.placements.remove(machine);
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Action {
+    /// The machine the action writes to.
+    pub fn machine(&self) -> &str {
+        match self {
+            Action::Put { machine, .. } | Action::Delete { machine, .. } => machine,
+        }
+    }
+
+    /// The unit the action is about.
+    pub fn unit(&self) -> &UnitName {
+        match self {
+            Action::Put { entry, .. } => &entry.unit,
+            Action::Delete { unit, .. } => unit,
+        }
+    }
 }
