@@ -46,6 +46,20 @@ pub struct Flags {
     /// Applied entries between snapshots (after which the log is purged).
     #[arg(long, env = "ESFLEET_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Scheduler: how long a machine whose registration disappeared keeps its units before
+    /// they are placed elsewhere, milliseconds.
+    #[arg(long, env = "ESFLEET_MACHINE_LOSS_MARGIN", default_value_t = 1000)]
+    pub machine_loss_margin: u64,
+    /// Scheduler: a full pass runs at least this often, milliseconds.
+    #[arg(long, env = "ESFLEET_SCHEDULER_RESYNC", default_value_t = 5000)]
+    pub scheduler_resync: u64,
+    /// Scheduler: a unit that failed this many times on one machine within
+    /// --unit-failure-window is moved elsewhere.
+    #[arg(long, env = "ESFLEET_UNIT_FAILURE_LIMIT", default_value_t = 5)]
+    pub unit_failure_limit: u32,
+    /// Scheduler: the window for --unit-failure-limit, seconds.
+    #[arg(long, env = "ESFLEET_UNIT_FAILURE_WINDOW", default_value_t = 600)]
+    pub unit_failure_window: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +87,7 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
+    pub scheduler: crate::scheduler::SchedulerConfig,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -189,6 +204,19 @@ impl Flags {
         if self.snapshot_count == 0 {
             return err("--snapshot-count must be positive");
         }
+        if self.scheduler_resync == 0 {
+            return err("--scheduler-resync must be positive");
+        }
+        if self.unit_failure_limit == 0 {
+            return err("--unit-failure-limit must be at least 1");
+        }
+        let scheduler = crate::scheduler::SchedulerConfig {
+            loss_margin: Duration::from_millis(self.machine_loss_margin),
+            resync: Duration::from_millis(self.scheduler_resync),
+            failure_limit: self.unit_failure_limit,
+            failure_window: Duration::from_secs(self.unit_failure_window),
+            ..Default::default()
+        };
         Ok(Config {
             member_id: member_id(&advertise_peer_url),
             initial_cluster_id: cluster_id(&initial_cluster),
@@ -203,6 +231,7 @@ impl Flags {
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
+            scheduler,
         })
     }
 }

@@ -15,6 +15,7 @@ use esfleet_proto::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
     maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
+use esfleet_proto::fleet::fleet_server::FleetServer;
 use esfleet_proto::raft::{internal_request, raft_peer_server::RaftPeerServer, InternalRequest, MemberAttributes};
 use openraft::SnapshotPolicy;
 use tokio::net::TcpListener;
@@ -207,6 +208,10 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
             MaintenanceServer,
             api::maintenance::MaintenanceService { node: node.clone() }
         ))
+        .add_service(client_service!(
+            FleetServer,
+            crate::fleet::FleetService { node: node.clone() }
+        ))
         .serve_with_incoming_shutdown(
             TcpListenerStream::new(client_listener)
                 .map(|conn| conn.map(nodelay).map(crate::authority::FixAuthority::new)),
@@ -220,6 +225,11 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
 
     tasks.push(tokio::spawn(keeper.run(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(promote_learners(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::scheduler::run(
+        node.clone(),
+        cfg.scheduler.clone(),
+        stop_rx.clone(),
+    )));
 
     tracing::info!(
         member = cfg.name,

@@ -12,6 +12,10 @@ pub const DRAIN: &str = "/esfleet/drain/";
 /// Written by each new scheduler (leader) with its Raft term; plan writes compare it, so a
 /// deposed leader's plan cannot land.
 pub const SCHEDULER_EPOCH: &str = "/esfleet/scheduler/epoch";
+/// `unplaceable/<unit>`: why the scheduler cannot place a unit that should run (plain
+/// text); written by the scheduler, deleted once the unit is placed or no longer asked to
+/// run. Replicated, so every member's Fleet service can show it and watchers see it.
+pub const UNPLACEABLE: &str = "/esfleet/unplaceable/";
 
 pub fn unit(name: &UnitName) -> String {
     format!("{UNITS}{name}")
@@ -33,6 +37,9 @@ pub fn state(machine: &str, unit: &UnitName) -> String {
 }
 pub fn drain(machine: &str) -> String {
     format!("{DRAIN}{machine}")
+}
+pub fn unplaceable(name: &UnitName) -> String {
+    format!("{UNPLACEABLE}{name}")
 }
 
 /// etcd's `range_end` for "every key with this prefix".

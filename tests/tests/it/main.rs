@@ -15,3 +15,4 @@ mod t20_failover;
 mod t30_membership;
 mod t40_watch_resume;
 mod t50_bad_input;
+mod t70_scheduler;

@@ -1,0 +1,448 @@
+//! The scheduler loop: runs only on the Raft leader (DESIGN.md decision 2).
+//!
+//! On becoming leader in term `T`, the loop writes `/esfleet/scheduler/epoch = T` (only if
+//! the stored epoch is older). Then, on every relevant change (units/, machines/, states/,
+//! drain/, debounced) and at least every `resync` interval, one *pass*:
+//!
+//! 1. checks it leads with a quorum (else it waits: a minority leader schedules nothing),
+//!    makes a read index and reads everything under `/esfleet/` at one revision `R`;
+//! 2. adds what only the leader knows ([`tracker`]): machines unregistered for less than
+//!    the loss margin (`suspect`) and (unit, machine) pairs that failed too often (`avoid`);
+//! 3. calls the pure `esfleet_core::schedule::schedule(&view, &cfg)`;
+//! 4. writes the plan's actions to `schedule/<machine>/<unit>` and the unplaceable reasons to
+//!    `unplaceable/<unit>`, in Txns of at most `max_txn_bytes`, each guarded by
+//!    `epoch == T` (a deposed leader cannot write) and "nothing under units/ or drain/ was
+//!    modified after `R`" (a stale view cannot land; on failure the pass starts over);
+//! 5. updates each drain record's progress (`remaining`, `done`) when it changed.
+//!
+//! The loop stops as soon as this member is no longer leader of term `T`.
+
+pub mod snapshot;
+pub mod tracker;
+pub mod txn;
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use esfleet_core::keys;
+use esfleet_core::model::ScheduleEntry;
+use esfleet_core::schedule::{self, Action, ClusterView, Plan};
+use esfleet_core::UnitName;
+use esfleet_proto::etcdserverpb as pb;
+use openraft::ServerState;
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::node::Node;
+use crate::store::WatchBatch;
+use snapshot::{encode_epoch, StoreSnapshot};
+use tracker::Trackers;
+
+/// The scheduler's settings (flags `--scheduler-*`, `--unit-failure-*`).
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    /// How long a machine whose registration disappeared keeps its units before they are
+    /// placed elsewhere (counted from when this leader noticed).
+    pub loss_margin: Duration,
+    /// A full pass runs at least this often, even without a change (watches alone can lose
+    /// events under load: fleet's lesson).
+    pub resync: Duration,
+    /// How long to wait after a change for more changes, to batch bursts into one pass.
+    pub debounce: Duration,
+    /// After this many failures of a unit on one machine within `failure_window`, the unit
+    /// is moved elsewhere.
+    pub failure_limit: u32,
+    pub failure_window: Duration,
+    /// Largest Txn one plan chunk may take (one Raft entry).
+    pub max_txn_bytes: usize,
+    /// The core scheduler's own settings.
+    pub core: schedule::Config,
+}
+
+impl Default for SchedulerConfig {
+    fn default() -> Self {
+        Self {
+            loss_margin: Duration::from_secs(1),
+            resync: Duration::from_secs(5),
+            debounce: Duration::from_millis(10),
+            failure_limit: 5,
+            failure_window: Duration::from_secs(600),
+            max_txn_bytes: 1024 * 1024,
+            core: schedule::Config::default(),
+        }
+    }
+}
+
+/// Why a pass did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error("this member does not lead with a quorum")]
+    NoQuorum,
+    #[error("a newer leader took over scheduling (epoch {0})")]
+    Deposed(u64),
+    #[error("the store changed under the plan; reading again")]
+    Stale,
+    #[error("cannot read or write the store: {0}")]
+    Store(String),
+}
+
+/// What a completed pass did, for logs and tests.
+#[derive(Debug, Default, Clone)]
+pub struct PassReport {
+    pub revision: i64,
+    pub actions: usize,
+    pub unplaceable: usize,
+    /// When the view changes by time alone: run a pass then.
+    pub wake_at: Option<Instant>,
+}
+
+/// Runs the scheduler whenever this member leads, until `stop` turns true.
+pub async fn run(node: Arc<Node>, cfg: SchedulerConfig, mut stop: watch::Receiver<bool>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let term = {
+            let m = metrics.borrow_and_update();
+            (m.state == ServerState::Leader).then_some(m.current_term)
+        };
+        let Some(term) = term else {
+            tokio::select! {
+                r = metrics.changed() => if r.is_err() { return },
+                _ = stop.changed() => return,
+            }
+            continue;
+        };
+        let deposed = {
+            let mut metrics = node.raft.metrics();
+            async move {
+                loop {
+                    {
+                        let m = metrics.borrow_and_update();
+                        if m.state != ServerState::Leader || m.current_term != term {
+                            return;
+                        }
+                    }
+                    if metrics.changed().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        };
+        tracing::info!(term, "leading: scheduler started");
+        let mut leading = Leading::new(node.clone(), cfg.clone(), term);
+        tokio::select! {
+            _ = deposed => tracing::info!(term, "no longer leading: scheduler stopped"),
+            _ = leading.run() => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// The scheduler of one leadership term.
+pub struct Leading {
+    node: Arc<Node>,
+    cfg: SchedulerConfig,
+    term: u64,
+    trackers: Trackers,
+    epoch_written: bool,
+    /// Keys already reported as unparseable (logged once per leadership).
+    reported: HashSet<String>,
+}
+
+/// Whether an applied batch can change the scheduler's view.
+fn relevant(b: &WatchBatch) -> bool {
+    b.resync
+        || b.events.iter().any(|e| {
+            let key = e.kv.as_ref().map(|kv| kv.key.as_ref()).unwrap_or_default();
+            [keys::UNITS, keys::MACHINES, keys::STATES, keys::DRAIN]
+                .iter()
+                .any(|p| key.starts_with(p.as_bytes()))
+        })
+}
+
+impl Leading {
+    pub fn new(node: Arc<Node>, cfg: SchedulerConfig, term: u64) -> Self {
+        let trackers = Trackers::new(cfg.loss_margin, cfg.failure_limit, cfg.failure_window);
+        Self {
+            node,
+            cfg,
+            term,
+            trackers,
+            epoch_written: false,
+            reported: HashSet::new(),
+        }
+    }
+
+    /// Passes until cancelled (the caller cancels when leadership ends).
+    pub async fn run(&mut self) {
+        // Subscribed before the first read, so no change can fall between read and wait.
+        let mut live = self.node.store.watch_tx.subscribe();
+        let mut failures = 0u32;
+        loop {
+            let wake_at = match self.pass().await {
+                Ok(r) => {
+                    failures = 0;
+                    if r.actions > 0 || r.unplaceable > 0 {
+                        tracing::debug!(
+                            revision = r.revision,
+                            actions = r.actions,
+                            unplaceable = r.unplaceable,
+                            "scheduled"
+                        );
+                    }
+                    r.wake_at
+                }
+                Err(PassError::Stale) => {
+                    failures += 1;
+                    // Somebody else is writing right now: read again soon, backing off a bit.
+                    Some(Instant::now() + Duration::from_millis(5 * u64::from(failures.min(20))))
+                }
+                Err(PassError::NoQuorum) => {
+                    // Not spinning: wait for Raft's metrics to change (or a while).
+                    let mut m = self.node.raft.metrics();
+                    let _ = tokio::time::timeout(Duration::from_millis(500), m.changed()).await;
+                    Some(Instant::now())
+                }
+                Err(e @ PassError::Deposed(_)) => {
+                    tracing::info!(term = self.term, "{e}");
+                    // Leadership ends with the next metrics change; stop scheduling now.
+                    std::future::pending::<()>().await;
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!(error = %e, "scheduling pass failed");
+                    Some(Instant::now() + Duration::from_millis(100 * u64::from(failures.min(20))))
+                }
+            };
+            let resync_at = Instant::now() + self.cfg.resync;
+            let deadline = wake_at.map_or(resync_at, |w| w.min(resync_at));
+            self.wait(&mut live, deadline).await;
+        }
+    }
+
+    /// Waits until `deadline` or a relevant change (then a short debounce).
+    async fn wait(&self, live: &mut broadcast::Receiver<Arc<WatchBatch>>, deadline: Instant) {
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return,
+                b = live.recv() => match b {
+                    Ok(b) if !relevant(&b) => continue,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => break,
+                    Err(broadcast::error::RecvError::Closed) => {
+                        tokio::time::sleep_until(deadline).await;
+                        return;
+                    }
+                },
+            }
+        }
+        tokio::time::sleep(self.cfg.debounce).await;
+        // Everything that arrived meanwhile is covered by the pass about to run.
+        while !matches!(
+            live.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty | broadcast::error::TryRecvError::Closed)
+        ) {}
+    }
+
+    /// Reads one consistent snapshot as the leader of this term.
+    async fn read(&mut self) -> Result<StoreSnapshot, PassError> {
+        if !self.node.is_leader_with_quorum() {
+            return Err(PassError::NoQuorum);
+        }
+        // A read index from this member as leader (it has committed in its term and heard
+        // from a quorum), then the local apply catching up: the local read is linearizable.
+        let index = self.node.leader_read_index().await.map_err(|_| PassError::NoQuorum)?;
+        self.node
+            .raft
+            .wait(Some(self.node.request_timeout))
+            .applied_index_at_least(Some(index), "scheduler read")
+            .await
+            .map_err(|e| PassError::Store(e.to_string()))?;
+        let snap = StoreSnapshot::read(&self.node.store.mvcc.read().expect("poisoned"))
+            .map_err(|e| PassError::Store(e.to_string()))?;
+        for (key, why) in &snap.skipped {
+            if self.reported.insert(key.clone()) {
+                tracing::warn!(key, why, "ignoring a record the scheduler cannot read");
+            }
+        }
+        Ok(snap)
+    }
+
+    /// Writes `epoch = term` unless a newer epoch is stored.
+    async fn write_epoch(&mut self) -> Result<(), PassError> {
+        let mine = encode_epoch(self.term);
+        let txn = pb::TxnRequest {
+            compare: vec![txn::mod_is(keys::SCHEDULER_EPOCH, 0)],
+            success: vec![txn::put(keys::SCHEDULER_EPOCH, mine.clone())],
+            failure: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest {
+                    compare: vec![txn::value_below(keys::SCHEDULER_EPOCH, mine.clone())],
+                    success: vec![txn::put(keys::SCHEDULER_EPOCH, mine.clone())],
+                    failure: vec![],
+                })),
+            }],
+        };
+        txn::propose(&self.node, txn)
+            .await
+            .map_err(|s| PassError::Store(s.message().to_string()))?;
+        self.epoch_written = true;
+        Ok(())
+    }
+
+    /// One scheduling pass.
+    pub async fn pass(&mut self) -> Result<PassReport, PassError> {
+        let mut snap = self.read().await?;
+        if snap.epoch != Some(self.term) {
+            match snap.epoch {
+                Some(e) if e > self.term => return Err(PassError::Deposed(e)),
+                _ if self.epoch_written => return Err(PassError::Deposed(snap.epoch.unwrap_or(0))),
+                _ => {}
+            }
+            self.write_epoch().await?;
+            snap = self.read().await?;
+            if snap.epoch != Some(self.term) {
+                return Err(PassError::Deposed(snap.epoch.unwrap_or(0)));
+            }
+        }
+        let tracked = self.trackers.observe(&snap, Instant::now());
+        let view = build_view(&snap, tracked.suspect, tracked.avoid);
+        let plan = schedule::schedule(&view, &self.cfg.core);
+        let ops = plan_ops(&snap, &plan);
+        let report = PassReport {
+            revision: snap.revision,
+            actions: plan.actions.len(),
+            unplaceable: plan.unplaceable.len(),
+            wake_at: tracked.wake_at,
+        };
+        self.write_guarded(ops, snap.revision).await?;
+        let progress = drain_progress(&snap, &placements_after(&view, &plan));
+        self.write_guarded(progress, snap.revision).await?;
+        Ok(report)
+    }
+
+    /// Writes `ops` in chunks, each guarded by the epoch and by "units/ and drain/ are as
+    /// read at `revision`".
+    async fn write_guarded(&self, ops: Vec<pb::RequestOp>, revision: i64) -> Result<(), PassError> {
+        for chunk in txn::chunk_ops(ops, self.cfg.max_txn_bytes) {
+            let t = guarded(self.term, revision, chunk);
+            let (resp, _) = txn::propose(&self.node, t)
+                .await
+                .map_err(|s| PassError::Store(s.message().to_string()))?;
+            if !resp.succeeded {
+                return Err(stale_or_deposed(&resp, self.term));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A plan chunk as a Txn that lands only if `epoch == term` and nothing under `units/` or
+/// `drain/` changed after `revision`; otherwise it reads the epoch (to tell why).
+pub fn guarded(term: u64, revision: i64, ops: Vec<pb::RequestOp>) -> pb::TxnRequest {
+    pb::TxnRequest {
+        compare: vec![
+            txn::value_is(keys::SCHEDULER_EPOCH, encode_epoch(term)),
+            txn::prefix_unchanged_since(keys::UNITS, revision),
+            txn::prefix_unchanged_since(keys::DRAIN, revision),
+        ],
+        success: ops,
+        failure: vec![txn::get(keys::SCHEDULER_EPOCH)],
+    }
+}
+
+fn stale_or_deposed(resp: &pb::TxnResponse, term: u64) -> PassError {
+    let epoch = resp.responses.first().and_then(|r| match &r.response {
+        Some(pb::response_op::Response::ResponseRange(r)) => {
+            r.kvs.first().and_then(|kv| snapshot::decode_epoch(&kv.value))
+        }
+        _ => None,
+    });
+    match epoch {
+        Some(e) if e != term => PassError::Deposed(e),
+        _ => PassError::Stale,
+    }
+}
+
+/// The core's view of a snapshot plus the leader's trackers.
+pub fn build_view(snap: &StoreSnapshot, suspect: BTreeSet<String>, avoid: BTreeSet<(UnitName, String)>) -> ClusterView {
+    ClusterView {
+        revision: snap.revision.max(0) as u64,
+        units: snap.units.clone(),
+        machines: snap.machines.clone(),
+        draining: snap.drains.keys().cloned().collect(),
+        suspect,
+        placements: snap.placements.clone(),
+        states: snap.states.clone(),
+        avoid,
+    }
+}
+
+/// The plan as KV operations: schedule entries, then unplaceable reasons that changed.
+pub fn plan_ops(snap: &StoreSnapshot, plan: &Plan) -> Vec<pb::RequestOp> {
+    let mut ops = Vec::with_capacity(plan.actions.len());
+    let mut touched = BTreeSet::new();
+    for a in &plan.actions {
+        match a {
+            Action::Put { machine, entry } => {
+                let key = keys::schedule(machine, &entry.unit);
+                if !touched.insert(key.clone()) {
+                    continue; // the core never writes a key twice; a Txn must not either
+                }
+                let value = serde_json::to_vec(entry).expect("a schedule entry serializes");
+                ops.push(txn::put(&key, value));
+            }
+            Action::Delete { machine, unit } => {
+                let key = keys::schedule(machine, unit);
+                if touched.insert(key.clone()) {
+                    ops.push(txn::delete(&key));
+                }
+            }
+        }
+    }
+    for (unit, why) in &plan.unplaceable {
+        if snap.unplaceable.get(unit) != Some(why) {
+            ops.push(txn::put(&keys::unplaceable(unit), why.clone()));
+        }
+    }
+    for unit in snap.unplaceable.keys() {
+        if !plan.unplaceable.contains_key(unit) {
+            ops.push(txn::delete(&keys::unplaceable(unit)));
+        }
+    }
+    ops
+}
+
+/// The placements once the plan is written.
+pub fn placements_after(view: &ClusterView, plan: &Plan) -> BTreeMap<String, BTreeMap<UnitName, ScheduleEntry>> {
+    let mut after = ClusterView {
+        placements: view.placements.clone(),
+        ..Default::default()
+    };
+    schedule::apply(&mut after, plan);
+    after.placements
+}
+
+/// Drain records whose progress changed: `remaining` = units still placed on the machine.
+pub fn drain_progress(
+    snap: &StoreSnapshot,
+    after: &BTreeMap<String, BTreeMap<UnitName, ScheduleEntry>>,
+) -> Vec<pb::RequestOp> {
+    let mut ops = Vec::new();
+    for (machine, rec) in &snap.drains {
+        let remaining: Vec<String> = after
+            .get(machine)
+            .map(|u| u.keys().map(|n| n.to_string()).collect())
+            .unwrap_or_default();
+        let mut next = rec.clone();
+        next.done = remaining.is_empty();
+        next.remaining = remaining;
+        if next != *rec {
+            let value = serde_json::to_vec(&next).expect("a drain record serializes");
+            ops.push(txn::put(&keys::drain(machine), value));
+        }
+    }
+    ops
+}
