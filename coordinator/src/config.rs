@@ -60,6 +60,16 @@ pub struct Flags {
     /// Scheduler: the window for --unit-failure-limit, seconds.
     #[arg(long, env = "ESFLEET_UNIT_FAILURE_WINDOW", default_value_t = 600)]
     pub unit_failure_window: u64,
+    /// `periodic` (keep --auto-compaction-retention of time) or `revision` (keep that many
+    /// revisions), as etcd.
+    #[arg(long, env = "ESFLEET_AUTO_COMPACTION_MODE", default_value = "periodic")]
+    pub auto_compaction_mode: String,
+    /// How much history to keep: a duration (`1h`, `30m`) or a number of hours in periodic
+    /// mode, a number of revisions in revision mode; `0` turns auto-compaction off. Unlike
+    /// etcd (off by default), esfleet keeps one hour: agents report states all the time, and
+    /// an uncompacted store grows without bound.
+    #[arg(long, env = "ESFLEET_AUTO_COMPACTION_RETENTION", default_value = "1h")]
+    pub auto_compaction_retention: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,6 +98,7 @@ pub struct Config {
     pub election_timeout: Duration,
     pub snapshot_count: u64,
     pub scheduler: crate::scheduler::SchedulerConfig,
+    pub auto_compaction: crate::compactor::Retention,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -210,6 +221,9 @@ impl Flags {
         if self.unit_failure_limit == 0 {
             return err("--unit-failure-limit must be at least 1");
         }
+        let auto_compaction =
+            crate::compactor::Retention::parse(&self.auto_compaction_mode, &self.auto_compaction_retention)
+                .map_err(ConfigError)?;
         let scheduler = crate::scheduler::SchedulerConfig {
             loss_margin: Duration::from_millis(self.machine_loss_margin),
             resync: Duration::from_millis(self.scheduler_resync),
@@ -232,6 +246,7 @@ impl Flags {
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
             scheduler,
+            auto_compaction,
         })
     }
 }

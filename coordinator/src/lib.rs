@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod authority;
+pub mod compactor;
 pub mod config;
 pub mod fleet;
 pub mod lease;

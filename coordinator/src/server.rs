@@ -225,6 +225,11 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
 
     tasks.push(tokio::spawn(keeper.run(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(promote_learners(node.clone(), stop_rx.clone())));
+    tasks.push(tokio::spawn(crate::compactor::run(
+        node.clone(),
+        cfg.auto_compaction,
+        stop_rx.clone(),
+    )));
     tasks.push(tokio::spawn(crate::scheduler::run(
         node.clone(),
         cfg.scheduler.clone(),

@@ -14,5 +14,6 @@ mod t10_etcdctl;
 mod t20_failover;
 mod t30_membership;
 mod t40_watch_resume;
+mod t45_compaction;
 mod t50_bad_input;
 mod t70_scheduler;
