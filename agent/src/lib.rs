@@ -2,4 +2,16 @@
 //! its own schedule, reconciles systemd to it through a [`manager::UnitManager`], reports
 //! unit states, and fences its units when it loses the cluster.
 
+pub mod agent;
+pub mod client;
+pub mod config;
+pub mod conformance;
+pub mod dbus;
+pub mod facts;
+pub mod fake;
+pub mod inspect;
 pub mod manager;
+pub mod reconcile;
+pub mod report;
+pub mod session;
+pub mod unitfiles;

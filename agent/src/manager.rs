@@ -63,6 +63,16 @@ pub enum ManagerError {
         unit: String,
         message: String,
     },
+    /// systemd does not know the unit (D-Bus error `org.freedesktop.systemd1.NoSuchUnit`:
+    /// "Unit X not found." on start, "Unit X not loaded." on stop of an inactive unknown
+    /// unit, "Unit file X does not exist." on enable/disable). Kept apart from [`ManagerError::Call`] so a caller can treat "stop a unit that
+    /// is not there" as done.
+    #[error("systemd D-Bus call {call} for {unit}: {message}")]
+    NoSuchUnit {
+        call: &'static str,
+        unit: String,
+        message: String,
+    },
     #[error("cannot connect to systemd over D-Bus: {0}")]
     Connect(String),
     #[error("unit file {path}: {source}")]
@@ -84,6 +94,9 @@ pub trait UnitManager: Send + Sync + 'static {
     fn install(&self, name: &UnitName, text: &str, dropin: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Removes the unit file and its drop-in directory. Returns true when anything was removed.
+    /// Only a unit carrying our drop-in is ours: a same-named unit file without it (an
+    /// admin's) is left alone and the call returns false. Disable the unit first: this does
+    /// not touch `*.wants/` links.
     fn uninstall(&self, name: &UnitName) -> impl Future<Output = Result<bool>> + Send;
 
     /// Units whose files this manager wrote (found on disk, marked by the drop-in), so a

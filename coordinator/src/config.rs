@@ -46,6 +46,11 @@ pub struct Flags {
     /// Applied entries between snapshots (after which the log is purged).
     #[arg(long, env = "ESFLEET_SNAPSHOT_COUNT", default_value_t = 10_000)]
     pub snapshot_count: u64,
+    /// Run the scheduler when this member leads (`--scheduler=false`: serve only the store,
+    /// e.g. to use esfleet-coordinator as a plain etcd-compatible store, or to drive agents
+    /// with hand-written schedules in tests).
+    #[arg(long, env = "ESFLEET_SCHEDULER", default_value_t = true, action = clap::ArgAction::Set)]
+    pub scheduler: bool,
     /// Scheduler: how long a machine whose registration disappeared keeps its units before
     /// they are placed elsewhere, milliseconds.
     #[arg(long, env = "ESFLEET_MACHINE_LOSS_MARGIN", default_value_t = 1000)]
@@ -97,7 +102,8 @@ pub struct Config {
     pub heartbeat: Duration,
     pub election_timeout: Duration,
     pub snapshot_count: u64,
-    pub scheduler: crate::scheduler::SchedulerConfig,
+    /// `None`: this member never schedules (`--scheduler=false`).
+    pub scheduler: Option<crate::scheduler::SchedulerConfig>,
     pub auto_compaction: crate::compactor::Retention,
 }
 
@@ -245,7 +251,7 @@ impl Flags {
             heartbeat: Duration::from_millis(self.heartbeat_interval),
             election_timeout: Duration::from_millis(self.election_timeout),
             snapshot_count: self.snapshot_count,
-            scheduler,
+            scheduler: self.scheduler.then_some(scheduler),
             auto_compaction,
         })
     }

@@ -230,11 +230,15 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         cfg.auto_compaction,
         stop_rx.clone(),
     )));
-    tasks.push(tokio::spawn(crate::scheduler::run(
-        node.clone(),
-        cfg.scheduler.clone(),
-        stop_rx.clone(),
-    )));
+    if let Some(scheduler) = cfg.scheduler.clone() {
+        tasks.push(tokio::spawn(crate::scheduler::run(
+            node.clone(),
+            scheduler,
+            stop_rx.clone(),
+        )));
+    } else {
+        tracing::info!("the scheduler is off on this member (--scheduler=false)");
+    }
 
     tracing::info!(
         member = cfg.name,

@@ -1,0 +1,473 @@
+//! The agent, assembled: the [`Session`] task (lease, registration, fencing), the worker
+//! task (schedule watch → reconcile → state reports), and the agent gRPC service.
+//!
+//! The worker keeps the schedule of this machine in memory, fed by one watch on its own
+//! prefix. It re-reads the prefix in full (then watches from there) when it starts, after
+//! every (re-)registration, and when the watch reports its start revision compacted, so
+//! no change is ever missed. A reconcile pass runs after every change and every poll
+//! interval (the safety net, DESIGN.md decision 6); systemd's change notices trigger a
+//! state report between passes. Errors go to a backoff policy, never to a busy loop.
+//!
+//! Shutdown ([`Running::stop`]): stop the worker, stop the units if configured, then revoke
+//! the lease (the machine disappears at once), then stop the gRPC service.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use esfleet_core::diff::check_entry;
+use esfleet_core::keys;
+use esfleet_core::model::{MachineRecord, ScheduleEntry};
+use esfleet_core::UnitName;
+use esfleet_proto::etcdserverpb as pb;
+use esfleet_proto::mvccpb::event::EventType;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::{sleep, sleep_until, Instant};
+
+use crate::client::{Client, ClientError, Watch};
+use crate::config::Config;
+use crate::inspect::{AgentService, Commands};
+use crate::manager::UnitManager;
+use crate::reconcile::{ReconcileError, Shared, UnitFencer};
+use crate::report::{unit_states, Reporter};
+use crate::session::{Session, Status};
+
+/// A running agent.
+pub struct Running<M> {
+    /// The session as the worker sees it (for tests and logs).
+    pub status: watch::Receiver<Status>,
+    /// The systemd side, shared with the worker (tests read the agent's memory here).
+    pub shared: Arc<Shared<M>>,
+    stop_worker: watch::Sender<bool>,
+    stop_session: watch::Sender<bool>,
+    worker: JoinHandle<()>,
+    session: JoinHandle<()>,
+    server: Option<(tokio::sync::oneshot::Sender<()>, JoinHandle<()>)>,
+    stop_units_on_exit: bool,
+}
+
+impl<M: UnitManager> Running<M> {
+    /// Stops in order: worker, units (with `stop_units_on_exit`), lease, service.
+    pub async fn stop(self) {
+        let _ = self.stop_worker.send(true);
+        if let Err(e) = self.worker.await {
+            tracing::error!(error = %e, "worker task failed");
+        }
+        if self.stop_units_on_exit {
+            self.shared.stop_all().await;
+        }
+        let _ = self.stop_session.send(true);
+        if let Err(e) = self.session.await {
+            tracing::error!(error = %e, "session task failed");
+        }
+        if let Some((tx, task)) = self.server {
+            let _ = tx.send(());
+            let _ = task.await;
+        }
+    }
+}
+
+/// The machine record this agent registers.
+pub fn machine_record(cfg: &Config) -> MachineRecord {
+    MachineRecord {
+        id: cfg.machine_id.clone(),
+        hostname: crate::facts::hostname(),
+        address: cfg.address.clone(),
+        agent_endpoint: cfg.agent_endpoint.clone(),
+        metadata: cfg.metadata.clone(),
+        facts: crate::facts::detect(&cfg.data_path),
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
+/// Starts the agent; `listener` (if any) serves the agent gRPC service.
+pub fn start<M: UnitManager>(cfg: Config, manager: M, listener: Option<TcpListener>) -> Running<M> {
+    start_with(cfg, manager, listener, Commands::default())
+}
+
+/// [`start`], with the programs the gRPC service runs.
+pub fn start_with<M: UnitManager>(
+    cfg: Config,
+    manager: M,
+    listener: Option<TcpListener>,
+    commands: Commands,
+) -> Running<M> {
+    let shared = Shared::new(manager);
+    let record = serde_json::to_string(&machine_record(&cfg)).expect("a MachineRecord always serializes");
+    let timeout = cfg.timing.request_timeout;
+    let (session, status) = Session::new(
+        Client::new(cfg.endpoints.clone(), timeout),
+        UnitFencer(shared.clone()),
+        cfg.timing,
+        keys::machine(&cfg.machine_id),
+        record,
+    );
+    let (stop_session, session_rx) = watch::channel(false);
+    let session = tokio::spawn(session.run(session_rx));
+
+    let (stop_worker, worker_rx) = watch::channel(false);
+    let worker = Worker {
+        prefix: keys::schedule_prefix(&cfg.machine_id),
+        client: Client::new(cfg.endpoints.clone(), timeout),
+        shared: shared.clone(),
+        session: status.clone(),
+        seen: Status::default(),
+        desired: BTreeMap::new(),
+        refused: BTreeMap::new(),
+        errors: BTreeMap::new(),
+        rev: 0,
+        reporter: Reporter::default(),
+        backoff: Backoff::new(Duration::from_millis(200), cfg.timing.poll),
+        cfg: cfg.clone(),
+    };
+    let worker = tokio::spawn(worker.run(worker_rx));
+
+    let server = listener.map(|listener| {
+        let scheduled_shared = shared.clone();
+        let svc = AgentService {
+            machine_id: cfg.machine_id.clone(),
+            scheduled: Arc::new(move |u: &UnitName| scheduled_shared.local().desired.contains_key(u)),
+            commands,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let res = tonic::transport::Server::builder()
+                .add_service(esfleet_proto::agent::agent_server::AgentServer::new(svc))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
+                    let _ = rx.await;
+                })
+                .await;
+            if let Err(e) = res {
+                tracing::error!(error = %e, "agent service failed");
+            }
+        });
+        (tx, task)
+    });
+
+    Running {
+        status,
+        shared,
+        stop_worker,
+        stop_session,
+        worker,
+        session,
+        server,
+        stop_units_on_exit: cfg.stop_units_on_exit,
+    }
+}
+
+/// Runs the agent until `shutdown` completes.
+pub async fn run<M: UnitManager>(
+    cfg: Config,
+    manager: M,
+    listener: Option<TcpListener>,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let running = start(cfg, manager, listener);
+    shutdown.await;
+    tracing::info!("shutting down");
+    running.stop().await;
+}
+
+/// Doubling delays between `min` and `max`, for anything that failed.
+struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+}
+
+impl Backoff {
+    fn new(min: Duration, max: Duration) -> Backoff {
+        Backoff { min, max, next: min }
+    }
+    fn fail(&mut self) -> Duration {
+        let d = self.next;
+        self.next = (self.next * 2).min(self.max);
+        d
+    }
+    fn reset(&mut self) {
+        self.next = self.min;
+    }
+}
+
+/// Where the worker's view of the schedule stands.
+enum Feed {
+    /// Read the prefix in full, then watch from there.
+    Resync,
+    /// Open the watch again from the last revision seen (the stream broke).
+    Resume,
+    Watching(Box<Watch>),
+}
+
+/// What a watch response meant.
+enum Seen {
+    Changed,
+    Nothing,
+    /// The watch was canceled (compacted history, or another reason): read everything.
+    Canceled,
+}
+
+struct Worker<M> {
+    cfg: Config,
+    prefix: String,
+    client: Client,
+    shared: Arc<Shared<M>>,
+    session: watch::Receiver<Status>,
+    /// The session as last acted on.
+    seen: Status,
+    /// Valid entries.
+    desired: BTreeMap<UnitName, ScheduleEntry>,
+    /// Refused entries: raw name under the prefix → why.
+    refused: BTreeMap<String, String>,
+    /// Per-unit errors (actions that failed, refused updates of a running unit).
+    errors: BTreeMap<UnitName, String>,
+    /// The last revision of the schedule seen.
+    rev: i64,
+    reporter: Reporter,
+    backoff: Backoff,
+}
+
+impl<M: UnitManager> Worker<M> {
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut changes = match self.shared.manager.changes().await {
+            Ok(rx) => rx,
+            Err(e) => {
+                tracing::error!(error = %e, "no change notices from systemd; relying on the poll");
+                mpsc::channel(1).1
+            }
+        };
+        let mut sync = Feed::Resync;
+        let mut next_pass = Instant::now();
+        let mut report_at: Option<Instant> = None;
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let st = *self.session.borrow_and_update();
+            if st.epoch != self.seen.epoch {
+                // (Re-)registered: the schedule may have changed while we were away, and
+                // the states must be written on the new lease.
+                sync = Feed::Resync;
+                self.reporter.clear();
+                if !st.fenced {
+                    self.shared.unfence();
+                }
+            }
+            self.seen = st;
+            if st.epoch == 0 || st.fenced {
+                tokio::select! {
+                    _ = self.session.changed() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            match sync {
+                Feed::Resync | Feed::Resume => {
+                    let res = if matches!(sync, Feed::Resync) {
+                        self.full_read().await
+                    } else {
+                        self.client.watch(&self.prefix, self.rev + 1).await
+                    };
+                    match res {
+                        Ok(w) => {
+                            if matches!(sync, Feed::Resync) {
+                                next_pass = Instant::now();
+                            }
+                            sync = Feed::Watching(Box::new(w));
+                            self.backoff.reset();
+                        }
+                        Err(e) => {
+                            let d = self.backoff.fail();
+                            tracing::warn!(error = %e, retry_in = ?d, "cannot read the schedule");
+                            tokio::select! {
+                                _ = sleep(d) => {}
+                                _ = self.session.changed() => {}
+                                _ = shutdown.changed() => {}
+                            }
+                        }
+                    }
+                    continue;
+                }
+                Feed::Watching(_) => {}
+            }
+            let Feed::Watching(w) = &mut sync else { continue };
+            let far = Instant::now() + Duration::from_secs(3600);
+            tokio::select! {
+                _ = self.session.changed() => {}
+                _ = shutdown.changed() => {}
+                msg = w.responses.message() => match msg {
+                    Ok(Some(resp)) => match self.on_watch(resp) {
+                        Seen::Changed => next_pass = Instant::now(),
+                        Seen::Nothing => {}
+                        Seen::Canceled => sync = Feed::Resync,
+                    },
+                    Ok(None) => {
+                        tracing::warn!(endpoint = self.client.endpoint(), "schedule watch ended; resuming");
+                        self.client.rotate();
+                        sync = Feed::Resume;
+                    }
+                    Err(status) => {
+                        let e = self.client.stream_error(status);
+                        tracing::warn!(error = %e, "schedule watch failed; resuming");
+                        sync = Feed::Resume;
+                    }
+                },
+                Some(_) = changes.recv() => {
+                    // A burst of notices becomes one batched read.
+                    report_at.get_or_insert(Instant::now() + Duration::from_millis(50));
+                }
+                _ = sleep_until(report_at.unwrap_or(far)), if report_at.is_some() => {
+                    report_at = None;
+                    while changes.try_recv().is_ok() {}
+                    if let Err(e) = self.report().await {
+                        tracing::warn!(error = %e, "cannot report unit states; the next pass retries");
+                    }
+                }
+                _ = sleep_until(next_pass) => {
+                    next_pass = Instant::now() + self.pass().await;
+                }
+            }
+        }
+    }
+
+    /// One reconcile pass and report; returns when to run again.
+    async fn pass(&mut self) -> Duration {
+        let mut ok = true;
+        match self.shared.reconcile(&self.desired, &mut self.errors).await {
+            Ok(n) if n > 0 => tracing::info!(tasks = n, "reconciled"),
+            Ok(_) => {}
+            Err(ReconcileError::Fenced) => return self.cfg.timing.poll,
+            Err(e) => {
+                ok = false;
+                tracing::warn!(error = %e, "reconcile pass incomplete");
+            }
+        }
+        if let Err(e) = self.report().await {
+            ok = false;
+            tracing::warn!(error = %e, "cannot report unit states");
+        }
+        if ok {
+            self.backoff.reset();
+            self.cfg.timing.poll
+        } else {
+            self.backoff.fail()
+        }
+    }
+
+    async fn report(&mut self) -> Result<usize, ReportError> {
+        let Some(lease) = self.seen.lease else {
+            return Ok(0); // between leases: the next registration rewrites everything
+        };
+        let names: Vec<UnitName> = self.desired.keys().cloned().collect();
+        let live = self.shared.states(&names).await?;
+        let shared = &self.shared;
+        let states = unit_states(&self.desired, &self.refused, &live, |u| shared.written(u), &self.errors);
+        Ok(self
+            .reporter
+            .publish(&mut self.client, &self.cfg.machine_id, lease, states)
+            .await?)
+    }
+
+    /// Reads the whole schedule (and the states already published), then opens the watch
+    /// right after the revision read.
+    async fn full_read(&mut self) -> Result<Watch, ClientError> {
+        let (kvs, rev) = self.client.range_prefix(&self.prefix).await?;
+        self.desired.clear();
+        self.refused.clear();
+        for kv in kvs {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            self.apply_put(&key, &kv.value);
+        }
+        self.rev = rev;
+        let (found, _) = self
+            .client
+            .range_prefix(&keys::states_prefix(&self.cfg.machine_id))
+            .await?;
+        self.reporter
+            .reset(&self.cfg.machine_id, &found, self.seen.lease.unwrap_or(0));
+        tracing::info!(
+            units = self.desired.len(),
+            refused = self.refused.len(),
+            revision = rev,
+            "schedule read"
+        );
+        self.client.watch(&self.prefix, rev + 1).await
+    }
+
+    fn on_watch(&mut self, resp: pb::WatchResponse) -> Seen {
+        if resp.canceled {
+            if resp.compact_revision > 0 {
+                tracing::warn!(
+                    compacted = resp.compact_revision,
+                    from = self.rev + 1,
+                    "schedule history compacted past our revision; reading it in full"
+                );
+            } else {
+                tracing::warn!(
+                    reason = resp.cancel_reason,
+                    "schedule watch canceled; reading it in full"
+                );
+            }
+            return Seen::Canceled;
+        }
+        let mut changed = false;
+        for ev in resp.events {
+            let Some(kv) = ev.kv else { continue };
+            self.rev = self.rev.max(kv.mod_revision);
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            if ev.r#type == EventType::Delete as i32 {
+                self.apply_delete(&key);
+            } else {
+                self.apply_put(&key, &kv.value);
+            }
+            changed = true;
+        }
+        if changed {
+            Seen::Changed
+        } else {
+            Seen::Nothing
+        }
+    }
+
+    fn apply_put(&mut self, key: &str, value: &[u8]) {
+        let raw = key.strip_prefix(&self.prefix).unwrap_or(key).to_string();
+        match check_entry(&raw, value) {
+            Ok((name, entry)) => {
+                self.refused.remove(&raw);
+                self.errors.remove(&name);
+                self.desired.insert(name, entry);
+            }
+            Err(e) => {
+                tracing::error!(key, error = %e, "refusing schedule entry");
+                match UnitName::new(&raw) {
+                    // A bad update of a unit we run: keep running the last good entry.
+                    Ok(name) if self.desired.contains_key(&name) => {
+                        self.errors.insert(name, e.to_string());
+                    }
+                    _ => {
+                        self.refused.insert(raw, e.to_string());
+                    }
+                }
+            }
+        }
+    }
+
+    fn apply_delete(&mut self, key: &str) {
+        let raw = key.strip_prefix(&self.prefix).unwrap_or(key);
+        self.refused.remove(raw);
+        if let Ok(name) = UnitName::new(raw) {
+            self.desired.remove(&name);
+            self.errors.remove(&name);
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ReportError {
+    #[error("reading unit states from systemd: {0}")]
+    Manager(#[from] crate::manager::ManagerError),
+    #[error("writing unit states: {0}")]
+    Client(#[from] ClientError),
+}

@@ -1,0 +1,140 @@
+//! Host facts the agent reports in its machine record (DESIGN.md "Unit options": the
+//! scheduler places `Resources=` by them): hostname, CPUs, memory, free disk of the data
+//! path, `vm.max_map_count`, the open-file limit units get, `kernel.threads-max`.
+//!
+//! Each fact is best effort: one that cannot be read is 0 (and logged at debug), never a
+//! reason not to register.
+
+use std::path::Path;
+
+use esfleet_core::model::HostFacts;
+
+/// The host's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else empty).
+pub fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_default()
+}
+
+/// Detects every fact; `data_path` is the filesystem whose free space counts as the disk.
+pub fn detect(data_path: &Path) -> HostFacts {
+    HostFacts {
+        cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
+        memory_bytes: read("/proc/meminfo").and_then(|t| meminfo_total(&t)).unwrap_or(0),
+        disk_free_bytes: disk_free(data_path).unwrap_or(0),
+        max_map_count: read_u64("/proc/sys/vm/max_map_count"),
+        nofile_limit: nofile_limit(),
+        threads_max: read_u64("/proc/sys/kernel/threads-max"),
+    }
+}
+
+fn read(path: &str) -> Option<String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Some(t),
+        Err(e) => {
+            tracing::debug!(path, error = %e, "cannot read host fact");
+            None
+        }
+    }
+}
+
+fn read_u64(path: &str) -> u64 {
+    read(path).and_then(|t| t.trim().parse().ok()).unwrap_or(0)
+}
+
+/// `MemTotal:  16314124 kB` → bytes.
+fn meminfo_total(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Free bytes available to unprivileged users on the filesystem of `path` (statvfs).
+pub fn disk_free(path: &Path) -> Option<u64> {
+    match rustix::fs::statvfs(path) {
+        Ok(s) => Some(s.f_bavail.saturating_mul(s.f_frsize)),
+        Err(e) => {
+            tracing::debug!(path = %path.display(), error = %e, "statvfs failed");
+            None
+        }
+    }
+}
+
+/// The open-file limit units get: systemd's `DefaultLimitNOFILE` (from system.conf or its
+/// drop-ins, soft limit), else this process's own soft limit (`/proc/self/limits`).
+fn nofile_limit() -> u64 {
+    let mut found = None;
+    let mut files = vec![std::path::PathBuf::from("/etc/systemd/system.conf")];
+    if let Ok(dir) = std::fs::read_dir("/etc/systemd/system.conf.d") {
+        let mut extra: Vec<_> = dir.flatten().map(|e| e.path()).collect();
+        extra.sort();
+        files.extend(extra);
+    }
+    for f in files {
+        if let Ok(text) = std::fs::read_to_string(&f) {
+            if let Some(v) = default_limit_nofile(&text) {
+                found = Some(v);
+            }
+        }
+    }
+    found
+        .or_else(|| read("/proc/self/limits").and_then(|t| limits_nofile(&t)))
+        .unwrap_or(0)
+}
+
+/// The soft value of an uncommented `DefaultLimitNOFILE=soft[:hard]`.
+fn default_limit_nofile(text: &str) -> Option<u64> {
+    text.lines()
+        .filter_map(|l| l.trim().strip_prefix("DefaultLimitNOFILE="))
+        .filter_map(|v| {
+            let soft = v.split(':').next()?.trim();
+            if soft == "infinity" {
+                Some(u64::MAX)
+            } else {
+                soft.parse().ok()
+            }
+        })
+        .next_back()
+}
+
+/// `Max open files            1024                 524288               files`.
+fn limits_nofile(text: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line["Max open files".len()..].split_whitespace().next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers() {
+        assert_eq!(
+            meminfo_total("MemTotal:       1000 kB\nMemFree: 1 kB\n"),
+            Some(1_024_000)
+        );
+        assert_eq!(
+            default_limit_nofile("#DefaultLimitNOFILE=1\nDefaultLimitNOFILE=1024:524288\n"),
+            Some(1024)
+        );
+        assert_eq!(
+            limits_nofile("Max cpu time  unlimited unlimited seconds\nMax open files  1024  4096  files\n"),
+            Some(1024)
+        );
+    }
+
+    #[test]
+    fn detects_this_host() {
+        let f = detect(Path::new("/"));
+        assert!(f.cpus > 0 && f.memory_bytes > 0 && f.disk_free_bytes > 0);
+        assert!(f.nofile_limit > 0);
+    }
+}

@@ -1,0 +1,329 @@
+//! Runs the pure [`esfleet_core::diff`] against systemd: gathers the actual state (the
+//! agent's memory of what it wrote and started, plus systemd's live states), executes the
+//! tasks in order through the [`UnitManager`], and updates that memory. Also the fencer:
+//! the one other place that stops units.
+//!
+//! One gate serialises every systemd action of the reconciler and the fencer, and the
+//! reconciler checks the fenced flag under it before each action, so once the fencer has
+//! run nothing starts a unit until the session registers again.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use esfleet_core::diff::{diff, fence_stops, Actual, Installed, Task};
+use esfleet_core::model::ScheduleEntry;
+use esfleet_core::options::Fence;
+use esfleet_core::UnitName;
+
+use crate::manager::{JobOutcome, ManagerError, UnitManager, UnitStatus};
+use crate::session::Fencer;
+
+/// What the agent remembers of the host (lost on restart, rebuilt from `installed()`).
+#[derive(Debug, Default)]
+pub struct Local {
+    /// Units whose files the agent wrote, and what it wrote.
+    pub installed: BTreeMap<UnitName, Installed>,
+    /// The placement generation of the files written.
+    pub generation: BTreeMap<UnitName, u64>,
+    /// Units started for their current files and not stopped by the agent since.
+    pub started: BTreeSet<UnitName>,
+    /// The valid schedule entries of the last pass (the fencer's list).
+    pub desired: BTreeMap<UnitName, ScheduleEntry>,
+    /// Set by the fencer; cleared when the session registers again.
+    pub fenced: bool,
+    /// `installed()` has been read since the agent started.
+    adopted: bool,
+}
+
+/// The systemd side of the agent, shared by the reconciler, the fencer and the shutdown.
+pub struct Shared<M> {
+    pub manager: M,
+    gate: tokio::sync::Mutex<()>,
+    local: Mutex<Local>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error("{0}")]
+    Manager(#[from] ManagerError),
+    #[error("the agent is fenced; units start again once it has registered")]
+    Fenced,
+    #[error("{0} unit(s) could not be reconciled")]
+    Units(usize),
+}
+
+impl<M: UnitManager> Shared<M> {
+    pub fn new(manager: M) -> Arc<Shared<M>> {
+        Arc::new(Shared {
+            manager,
+            gate: tokio::sync::Mutex::new(()),
+            local: Mutex::new(Local::default()),
+        })
+    }
+
+    pub fn local(&self) -> MutexGuard<'_, Local> {
+        self.local.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Ends the fenced period (the session registered again): units may start.
+    pub fn unfence(&self) {
+        self.local().fenced = false;
+    }
+
+    /// One pass: brings systemd to `desired`. Per-unit failures go to `errors` (and clear
+    /// there when a later action on the unit succeeds); the pass carries on with the other
+    /// units and reports [`ReconcileError::Units`] so the caller backs off and retries.
+    pub async fn reconcile(
+        &self,
+        desired: &BTreeMap<UnitName, ScheduleEntry>,
+        errors: &mut BTreeMap<UnitName, String>,
+    ) -> Result<usize, ReconcileError> {
+        errors.retain(|u, _| desired.contains_key(u));
+        if !self.local().adopted {
+            // After a restart: the files on disk marked as ours, content unknown.
+            let found = self.manager.installed().await?;
+            let mut l = self.local();
+            for name in found {
+                l.installed.entry(name).or_insert(Installed {
+                    hash: None,
+                    dropin: String::new(),
+                    enabled: true,
+                });
+            }
+            l.adopted = true;
+        }
+        self.local().desired = desired.clone();
+        self.adopt(desired).await?;
+
+        let (actual, names) = {
+            let l = self.local();
+            let names: BTreeSet<UnitName> = desired.keys().chain(l.installed.keys()).cloned().collect();
+            let actual = Actual {
+                installed: l.installed.clone(),
+                active: BTreeMap::new(),
+                started: l.started.clone(),
+            };
+            (actual, names.into_iter().collect::<Vec<_>>())
+        };
+        let mut actual = actual;
+        actual.active = self
+            .manager
+            .states(&names)
+            .await?
+            .into_iter()
+            .map(|s| (s.name, s.active))
+            .collect();
+        let tasks = diff(desired, &actual);
+        let count = tasks.len();
+        let mut failed: BTreeSet<UnitName> = BTreeSet::new();
+        for task in tasks {
+            if task.unit().is_some_and(|u| failed.contains(u)) {
+                continue;
+            }
+            let _gate = self.gate.lock().await;
+            if self.local().fenced {
+                return Err(ReconcileError::Fenced);
+            }
+            tracing::debug!(?task, "reconcile");
+            match self.run(&task, desired).await {
+                Ok(()) => {
+                    if let Some(u) = task.unit() {
+                        errors.remove(u);
+                    }
+                }
+                Err(e) => match task.unit() {
+                    None => return Err(e.into()),
+                    Some(u) => {
+                        tracing::warn!(unit = %u, error = %e, "cannot reconcile unit");
+                        errors.insert(u.clone(), e.to_string());
+                        failed.insert(u.clone());
+                    }
+                },
+            }
+        }
+        if failed.is_empty() {
+            Ok(count)
+        } else {
+            Err(ReconcileError::Units(failed.len()))
+        }
+    }
+
+    /// Learns what the files of units found on disk hold, by writing what the entry says:
+    /// unchanged means they were already right (nothing to restart); changed means the
+    /// diff must treat them as new files (reload, restart).
+    async fn adopt(&self, desired: &BTreeMap<UnitName, ScheduleEntry>) -> Result<(), ReconcileError> {
+        let unknown: Vec<UnitName> = {
+            let l = self.local();
+            l.installed
+                .iter()
+                .filter(|(n, i)| i.hash.is_none() && desired.contains_key(*n))
+                .map(|(n, _)| n.clone())
+                .collect()
+        };
+        for name in unknown {
+            let entry = &desired[&name];
+            let dropin = esfleet_core::diff::dropin(entry);
+            let _gate = self.gate.lock().await;
+            if self.local().fenced {
+                return Err(ReconcileError::Fenced);
+            }
+            let changed = self.manager.install(&name, &entry.text, &dropin).await?;
+            let mut l = self.local();
+            let inst = l.installed.entry(name.clone()).or_default();
+            if changed {
+                inst.hash = Some(String::new());
+            } else {
+                inst.hash = Some(entry.hash.clone());
+                inst.dropin = dropin;
+                l.generation.insert(name, entry.generation);
+            }
+        }
+        Ok(())
+    }
+
+    async fn run(&self, task: &Task, desired: &BTreeMap<UnitName, ScheduleEntry>) -> Result<(), ManagerError> {
+        let m = &self.manager;
+        match task {
+            Task::Install { unit, text, dropin } => {
+                m.install(unit, text, dropin).await?;
+                let entry = &desired[unit];
+                let mut l = self.local();
+                let enabled = l.installed.get(unit).is_some_and(|i| i.enabled);
+                l.installed.insert(
+                    unit.clone(),
+                    Installed {
+                        hash: Some(entry.hash.clone()),
+                        dropin: dropin.clone(),
+                        enabled,
+                    },
+                );
+                l.generation.insert(unit.clone(), entry.generation);
+                l.started.remove(unit);
+            }
+            Task::Uninstall(unit) => {
+                m.uninstall(unit).await?;
+                let mut l = self.local();
+                l.installed.remove(unit);
+                l.generation.remove(unit);
+                l.started.remove(unit);
+            }
+            Task::Reload => m.reload().await?,
+            Task::Enable(unit) => {
+                m.enable(unit).await?;
+                if let Some(i) = self.local().installed.get_mut(unit) {
+                    i.enabled = true;
+                }
+            }
+            Task::Disable(unit) => {
+                m.disable(unit).await?;
+                if let Some(i) = self.local().installed.get_mut(unit) {
+                    i.enabled = false;
+                }
+            }
+            Task::ResetFailed(unit) => m.reset_failed(unit).await?,
+            Task::Stop(unit) => {
+                stop(m, unit).await?;
+                self.local().started.remove(unit);
+            }
+            Task::Start(unit) | Task::Restart(unit) => {
+                let outcome = if matches!(task, Task::Start(_)) {
+                    m.start(unit).await?
+                } else {
+                    m.restart(unit).await?
+                };
+                // Started either way: a failed start shows as a failed unit, and systemd's
+                // Restart= (not the agent) decides about trying again.
+                self.local().started.insert(unit.clone());
+                if outcome != JobOutcome::Done {
+                    tracing::warn!(unit = %unit, ?outcome, "start job did not succeed");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Live states of `names` (one batched call).
+    pub async fn states(&self, names: &[UnitName]) -> Result<Vec<UnitStatus>, ManagerError> {
+        self.manager.states(names).await
+    }
+
+    /// What was written for each unit: (hash, generation).
+    pub fn written(&self, unit: &UnitName) -> Option<(String, u64)> {
+        let l = self.local();
+        let hash = l.installed.get(unit)?.hash.clone()?;
+        Some((hash, l.generation.get(unit).copied().unwrap_or(0)))
+    }
+
+    /// Stops every unit of `desired` (the `--stop-units-on-exit` shutdown). Fences first,
+    /// so no reconcile pass starts anything afterwards.
+    pub async fn stop_all(&self) {
+        let _gate = self.gate.lock().await;
+        let desired = {
+            let mut l = self.local();
+            l.fenced = true;
+            l.desired.clone()
+        };
+        for name in desired.keys().filter(|n| !n.is_template()) {
+            match stop(&self.manager, name).await {
+                Ok(()) => tracing::info!(unit = %name, "stopped on exit"),
+                Err(e) => tracing::error!(unit = %name, error = %e, "cannot stop unit on exit"),
+            }
+            self.local().started.remove(name);
+        }
+    }
+}
+
+/// Stop, where "systemd does not know the unit" means it is stopped already.
+async fn stop<M: UnitManager>(m: &M, unit: &UnitName) -> Result<(), ManagerError> {
+    match m.stop(unit).await {
+        Ok(_) | Err(ManagerError::NoSuchUnit { .. }) => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// The fencer of DESIGN.md decision 5: stops every running unit whose entry says
+/// `Fence=stop`, keeps `Fence=keep` ones, and says so.
+pub struct UnitFencer<M>(pub Arc<Shared<M>>);
+
+impl<M: UnitManager> Fencer for UnitFencer<M> {
+    async fn fence(&self, why: &str) {
+        let shared = &self.0;
+        let _gate = shared.gate.lock().await;
+        let desired = {
+            let mut l = shared.local();
+            l.fenced = true;
+            l.desired.clone()
+        };
+        let names: Vec<UnitName> = desired.keys().cloned().collect();
+        let stops = match shared.manager.states(&names).await {
+            Ok(live) => fence_stops(&desired, &live.into_iter().map(|s| (s.name, s.active)).collect()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read unit states while fencing; stopping every Fence=stop unit");
+                desired
+                    .iter()
+                    .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
+                    .map(|(n, _)| n.clone())
+                    .collect()
+            }
+        };
+        let kept: Vec<String> = desired
+            .iter()
+            .filter(|(_, e)| e.fence == Fence::Keep)
+            .map(|(n, _)| n.to_string())
+            .collect();
+        let names: Vec<String> = stops.iter().map(ToString::to_string).collect();
+        tracing::warn!(
+            stopping = ?names,
+            keeping = ?kept,
+            "fencing: {why}. Stopping the Fence=stop units so they never run twice; Fence=keep units stay up. \
+             They start again once the agent has registered"
+        );
+        for unit in stops {
+            match stop(&shared.manager, &unit).await {
+                Ok(()) => tracing::warn!(unit = %unit, "fenced: stopped"),
+                Err(e) => tracing::error!(unit = %unit, error = %e, "fencing: cannot stop unit"),
+            }
+            shared.local().started.remove(&unit);
+        }
+    }
+}

@@ -1,0 +1,548 @@
+//! The machine's session with the cluster: lease, registration, keepalive, and the fence
+//! clock (DESIGN.md decision 5), as a state machine advanced by one [`Session::step`].
+//!
+//! ```text
+//!  Connecting ──grant──▶ Registering ──record written──▶ Registered ◀──ack──┐
+//!      ▲                      │  (id taken: retry)          │ keepalive fails │
+//!      │ lease gone           │                             ▼                 │
+//!      └──────────────── (any of these) ◀──────────────── Suspect ──────────┘
+//!                 no acknowledgment for TTL − margin (from any state) ──▶ Fenced
+//!  Fenced ──old lease alive, or a new grant──▶ Registering
+//! ```
+//!
+//! The fence clock is the time of the last acknowledgment: a keepalive answered with a
+//! TTL, a grant, or a member's answer that there is no leader (no leader can expire a
+//! lease, and a new one extends every lease by its TTL). It counts from when the
+//! acknowledged request was *sent*, so the lease cannot expire before we fence. Time is
+//! tokio's, so tests pause and advance it.
+//!
+//! Losing the lease (a keepalive answered with TTL 0) stops nothing: the agent registers
+//! again on a new lease. Only the fence clock stops units.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::{sleep_until, Instant};
+
+use crate::client::{Client, ClientError, Registration};
+use crate::config::Timing;
+
+/// What the rest of the agent sees of the session (a `watch` channel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Status {
+    /// The lease the machine record is on; `None` while (re-)connecting.
+    pub lease: Option<i64>,
+    /// Counts registrations: a new value means "the record was (re)written; re-read the
+    /// schedule and rewrite the states on the new lease".
+    pub epoch: u64,
+    /// Fence=stop units were stopped; nothing may start them until the next registration.
+    pub fenced: bool,
+}
+
+/// The states of the session loop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// No lease: granting one.
+    Connecting,
+    /// A lease is granted: writing the machine record on it.
+    Registering { lease: i64 },
+    /// Registered; the last keepalive was acknowledged.
+    Registered { lease: i64 },
+    /// Keepalives are failing or answered "no leader"; the fence clock decides.
+    Suspect { lease: i64 },
+    /// Fence=stop units are stopped; getting back (on the old lease if it still lives).
+    Fenced { lease: Option<i64> },
+}
+
+impl Phase {
+    fn lease(self) -> Option<i64> {
+        match self {
+            Phase::Connecting => None,
+            Phase::Registering { lease } | Phase::Registered { lease } | Phase::Suspect { lease } => Some(lease),
+            Phase::Fenced { lease } => lease,
+        }
+    }
+}
+
+/// The coordinator calls the session makes ([`Client`] in the agent, a script in tests).
+pub trait LeaseApi: Send + 'static {
+    fn grant(&mut self, ttl: i64) -> impl Future<Output = Result<(i64, i64), ClientError>> + Send;
+    fn keep_alive(&mut self, lease: i64) -> impl Future<Output = Result<i64, ClientError>> + Send;
+    fn register(
+        &mut self,
+        key: &str,
+        value: &str,
+        lease: i64,
+    ) -> impl Future<Output = Result<Registration, ClientError>> + Send;
+    fn revoke(&mut self, lease: i64) -> impl Future<Output = Result<(), ClientError>> + Send;
+}
+
+impl LeaseApi for Client {
+    async fn grant(&mut self, ttl: i64) -> Result<(i64, i64), ClientError> {
+        Client::grant(self, ttl).await
+    }
+    async fn keep_alive(&mut self, lease: i64) -> Result<i64, ClientError> {
+        Client::keep_alive(self, lease).await
+    }
+    async fn register(&mut self, key: &str, value: &str, lease: i64) -> Result<Registration, ClientError> {
+        Client::register(self, key, value, lease).await
+    }
+    async fn revoke(&mut self, lease: i64) -> Result<(), ClientError> {
+        Client::revoke(self, lease).await
+    }
+}
+
+/// Stops the Fence=stop units (implemented by the reconciler, which knows them).
+pub trait Fencer: Send + Sync + 'static {
+    /// `why` is for the log.
+    fn fence(&self, why: &str) -> impl Future<Output = ()> + Send;
+}
+
+pub struct Session<L, F> {
+    api: L,
+    fencer: F,
+    timing: Timing,
+    key: String,
+    record: String,
+    /// When the last acknowledged request was sent.
+    last_ack: Instant,
+    next_keepalive: Instant,
+    /// Failed requests in a row (only the first of a streak is logged as a warning).
+    failures: u32,
+    status: watch::Sender<Status>,
+}
+
+impl<L: LeaseApi, F: Fencer> Session<L, F> {
+    /// `key`/`record`: the machine record to register. The fence clock starts now: units a
+    /// previous agent left running are fenced too if no member answers in time.
+    pub fn new(api: L, fencer: F, timing: Timing, key: String, record: String) -> (Self, watch::Receiver<Status>) {
+        let (status, rx) = watch::channel(Status::default());
+        let now = Instant::now();
+        (
+            Session {
+                api,
+                fencer,
+                timing,
+                key,
+                record,
+                last_ack: now,
+                next_keepalive: now,
+                failures: 0,
+                status,
+            },
+            rx,
+        )
+    }
+
+    /// When Fence=stop units must be stopped unless an acknowledgment comes first.
+    pub fn fence_at(&self) -> Instant {
+        self.last_ack + self.timing.fence_after()
+    }
+
+    /// Advances the loop by one step: one request (or one wait), and the next phase.
+    pub async fn step(&mut self, phase: Phase) -> Phase {
+        if !matches!(phase, Phase::Fenced { .. }) && Instant::now() >= self.fence_at() {
+            let why = format!(
+                "no acknowledged keepalive and no member's word that there is no leader for {:?} \
+                 (lease TTL {:?} − fence margin {:?}); the lease may expire and the units be started elsewhere",
+                Instant::now() - self.last_ack,
+                self.timing.lease_ttl,
+                self.timing.fence_margin
+            );
+            self.status.send_modify(|s| s.fenced = true);
+            self.fencer.fence(&why).await;
+            return Phase::Fenced { lease: phase.lease() };
+        }
+        match phase {
+            Phase::Connecting => self.connect(Phase::Connecting).await,
+            Phase::Registering { lease } => self.register(lease).await,
+            Phase::Registered { lease } | Phase::Suspect { lease } => self.keep_alive(lease, phase).await,
+            Phase::Fenced { lease: Some(lease) } => {
+                self.wait(self.next_keepalive).await;
+                let sent = Instant::now();
+                self.next_keepalive = sent + self.timing.keepalive;
+                match self.api.keep_alive(lease).await {
+                    Ok(ttl) if ttl > 0 => {
+                        self.last_ack = sent;
+                        tracing::info!(
+                            lease = format!("{lease:x}"),
+                            "the cluster answers again; the lease survived"
+                        );
+                        Phase::Registering { lease }
+                    }
+                    Ok(_) => Phase::Fenced { lease: None },
+                    Err(e) => {
+                        tracing::debug!(error = %e, "still fenced");
+                        phase
+                    }
+                }
+            }
+            Phase::Fenced { lease: None } => {
+                self.wait(self.next_keepalive).await;
+                self.next_keepalive = Instant::now() + self.timing.keepalive;
+                self.connect(phase).await
+            }
+        }
+    }
+
+    /// Sleeps until `at`, but not past a fence deadline still ahead (once fenced, the
+    /// deadline is behind and no longer shortens waits).
+    async fn wait(&self, at: Instant) {
+        let fence_at = self.fence_at();
+        sleep_until(if fence_at > Instant::now() {
+            at.min(fence_at)
+        } else {
+            at
+        })
+        .await;
+    }
+
+    async fn connect(&mut self, phase: Phase) -> Phase {
+        let sent = Instant::now();
+        match self.api.grant(self.timing.ttl_secs()).await {
+            Ok((lease, ttl)) => {
+                self.last_ack = sent;
+                self.failures = 0;
+                self.next_keepalive = sent + self.timing.keepalive;
+                tracing::info!(lease = format!("{lease:x}"), ttl, "lease granted");
+                Phase::Registering { lease }
+            }
+            Err(e) => {
+                if e.is_no_leader() && !matches!(phase, Phase::Fenced { .. }) {
+                    self.last_ack = sent;
+                }
+                self.failures += 1;
+                if self.failures == 1 {
+                    tracing::warn!(error = %e, "cannot grant a lease; trying the next member");
+                } else {
+                    tracing::debug!(error = %e, failures = self.failures, "cannot grant a lease");
+                }
+                self.wait(Instant::now() + retry_delay(self.timing)).await;
+                phase
+            }
+        }
+    }
+
+    async fn register(&mut self, lease: i64) -> Phase {
+        match self.api.register(&self.key, &self.record, lease).await {
+            Ok(Registration::Done) => {
+                self.status.send_modify(|s| {
+                    s.lease = Some(lease);
+                    s.epoch += 1;
+                    s.fenced = false;
+                });
+                tracing::info!(key = self.key, lease = format!("{lease:x}"), "machine registered");
+                Phase::Registered { lease }
+            }
+            Ok(Registration::Taken { lease: other, value }) => {
+                tracing::error!(
+                    key = self.key,
+                    other_lease = format!("{other:x}"),
+                    record = value,
+                    "another live agent holds this machine id; not taking it over. Two hosts with one \
+                     /etc/machine-id must get distinct ids (systemd-machine-id-setup); if this host's agent \
+                     just restarted, this clears when the old lease expires"
+                );
+                // Keep our lease alive while we wait.
+                self.keep_alive(lease, Phase::Registering { lease }).await
+            }
+            Err(e) if e.is_not_found() => {
+                tracing::warn!(error = %e, "the lease is gone before registration; granting another");
+                Phase::Connecting
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot register the machine; retrying");
+                self.wait(Instant::now() + retry_delay(self.timing)).await;
+                Phase::Registering { lease }
+            }
+        }
+    }
+
+    /// Waits for the next keepalive time, renews, and moves the fence clock.
+    async fn keep_alive(&mut self, lease: i64, phase: Phase) -> Phase {
+        self.wait(self.next_keepalive).await;
+        if Instant::now() >= self.fence_at() {
+            return phase; // the next step fences
+        }
+        let sent = Instant::now();
+        let stay = |ok: bool| match phase {
+            Phase::Registering { .. } => phase,
+            _ if ok => Phase::Registered { lease },
+            _ => Phase::Suspect { lease },
+        };
+        match self.api.keep_alive(lease).await {
+            Ok(ttl) if ttl > 0 => {
+                self.last_ack = sent;
+                self.next_keepalive = sent + self.timing.keepalive;
+                self.failures = 0;
+                if matches!(phase, Phase::Suspect { .. }) {
+                    tracing::info!(lease = format!("{lease:x}"), "keepalives acknowledged again");
+                }
+                stay(true)
+            }
+            Ok(_) => {
+                tracing::warn!(
+                    lease = format!("{lease:x}"),
+                    "the lease expired; registering again on a new lease (units keep running)"
+                );
+                self.status.send_modify(|s| s.lease = None);
+                Phase::Connecting
+            }
+            Err(e) if e.is_no_leader() => {
+                // No leader can expire the lease, and the next one extends it by its TTL.
+                self.last_ack = sent;
+                self.next_keepalive = sent + self.timing.keepalive;
+                tracing::info!(error = %e, "no leader; units keep running");
+                stay(false)
+            }
+            Err(e) => {
+                self.failures += 1;
+                if self.failures == 1 {
+                    tracing::warn!(error = %e, "keepalive failed; trying the next member");
+                } else {
+                    tracing::debug!(error = %e, failures = self.failures, "keepalive failed again");
+                }
+                self.next_keepalive = Instant::now() + retry_delay(self.timing);
+                stay(false)
+            }
+        }
+    }
+
+    /// Runs until `shutdown` flips to true, then revokes the lease (the machine disappears
+    /// at once rather than after its TTL).
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut phase = Phase::Connecting;
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            tokio::select! {
+                next = self.step(phase) => {
+                    if next != phase {
+                        tracing::debug!(from = ?phase, to = ?next, "session");
+                    }
+                    phase = next;
+                }
+                _ = shutdown.changed() => {}
+            }
+        }
+        let registered = self.status.borrow().lease;
+        if let Some(lease) = phase.lease().or(registered) {
+            match tokio::time::timeout(self.timing.request_timeout * 2, self.api.revoke(lease)).await {
+                Ok(Ok(())) => tracing::info!(lease = format!("{lease:x}"), "lease revoked; machine unregistered"),
+                Ok(Err(e)) => tracing::warn!(error = %e, "cannot revoke the lease; it expires after its TTL"),
+                Err(_) => tracing::warn!("revoking the lease timed out; it expires after its TTL"),
+            }
+        }
+    }
+}
+
+/// How soon a failed request is retried (on the next member): quick, so a dead member
+/// costs little of the fence window.
+fn retry_delay(t: Timing) -> Duration {
+    (t.keepalive / 4).max(Duration::from_millis(50))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// What the scripted coordinator answers to keepalives; grants always succeed.
+    #[derive(Clone, Copy, Debug)]
+    enum Answer {
+        Ack,
+        NoLeader,
+        Down,
+        Gone,
+    }
+
+    #[derive(Clone, Default)]
+    struct Script {
+        answers: Arc<Mutex<VecDeque<(Duration, Answer)>>>,
+        start: Arc<Mutex<Option<Instant>>>,
+        grants: Arc<Mutex<u32>>,
+    }
+
+    impl Script {
+        /// The answer in effect at the current (paused) time.
+        fn now(&self) -> Answer {
+            let start = self.start.lock().unwrap().get_or_insert_with(Instant::now).to_owned();
+            let elapsed = Instant::now() - start;
+            let a = self.answers.lock().unwrap();
+            a.iter()
+                .take_while(|(from, _)| *from <= elapsed)
+                .last()
+                .map_or(Answer::Ack, |(_, a)| *a)
+        }
+        fn err(a: Answer) -> ClientError {
+            match a {
+                Answer::NoLeader => ClientError::NoLeader { endpoint: "x".into() },
+                _ => ClientError::Timeout {
+                    endpoint: "x".into(),
+                    timeout: Duration::from_secs(1),
+                },
+            }
+        }
+    }
+
+    impl LeaseApi for Script {
+        async fn grant(&mut self, _ttl: i64) -> Result<(i64, i64), ClientError> {
+            match self.now() {
+                Answer::Ack | Answer::Gone => {
+                    let mut g = self.grants.lock().unwrap();
+                    *g += 1;
+                    Ok((i64::from(*g), 5))
+                }
+                a => Err(Self::err(a)),
+            }
+        }
+        async fn keep_alive(&mut self, _lease: i64) -> Result<i64, ClientError> {
+            match self.now() {
+                Answer::Ack => Ok(5),
+                Answer::Gone => Ok(0),
+                a => Err(Self::err(a)),
+            }
+        }
+        async fn register(&mut self, _k: &str, _v: &str, _lease: i64) -> Result<Registration, ClientError> {
+            match self.now() {
+                Answer::Ack | Answer::Gone => Ok(Registration::Done),
+                a => Err(Self::err(a)),
+            }
+        }
+        async fn revoke(&mut self, _lease: i64) -> Result<(), ClientError> {
+            Ok(())
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Log(Arc<Mutex<Vec<Instant>>>);
+    impl Fencer for Log {
+        async fn fence(&self, _why: &str) {
+            self.0.lock().unwrap().push(Instant::now());
+        }
+    }
+
+    /// Steps the session until `until` (paused time), recording phases.
+    async fn drive(s: &mut Session<Script, Log>, mut phase: Phase, until: Duration) -> (Phase, Vec<Phase>) {
+        let end = Instant::now() + until;
+        let mut seen = vec![phase];
+        while Instant::now() < end {
+            phase = s.step(phase).await;
+            if seen.last() != Some(&phase) {
+                seen.push(phase);
+            }
+        }
+        (phase, seen)
+    }
+
+    fn session(script: &Script, fences: &Log) -> (Session<Script, Log>, watch::Receiver<Status>) {
+        Session::new(
+            script.clone(),
+            fences.clone(),
+            Timing::default(),
+            "/esfleet/machines/m".into(),
+            "{}".into(),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fences_at_ttl_minus_margin_after_the_last_ack_and_comes_back() {
+        let script = Script::default();
+        // Healthy for 10 s, unreachable for 10 s, then healthy again.
+        script.answers.lock().unwrap().extend([
+            (Duration::from_secs(10), Answer::Down),
+            (Duration::from_secs(20), Answer::Ack),
+        ]);
+        script.now();
+        let fences = Log::default();
+        let (mut s, status) = session(&script, &fences);
+        let t0 = Instant::now();
+        // (A step may end a little past the asked time: it waits for its next keepalive.)
+        let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_millis(9500)).await;
+        assert_eq!(
+            seen[..3],
+            [
+                Phase::Connecting,
+                Phase::Registering { lease: 1 },
+                Phase::Registered { lease: 1 }
+            ]
+        );
+        assert_eq!(status.borrow().epoch, 1);
+        assert!(fences.0.lock().unwrap().is_empty());
+
+        let (phase, seen) = drive(&mut s, phase, Duration::from_secs(8)).await;
+        assert!(seen.contains(&Phase::Suspect { lease: 1 }), "{seen:?}");
+        assert_eq!(phase, Phase::Fenced { lease: Some(1) });
+        let fenced_at = fences.0.lock().unwrap()[0];
+        // The last acknowledged keepalive was sent at 10 s − 1 s (one per second from 0 s);
+        // the fence fires 4 s later, not a moment before or after.
+        assert_eq!(fenced_at - t0, Duration::from_secs(9 + 4));
+        assert!(status.borrow().fenced);
+
+        let (phase, _) = drive(&mut s, phase, Duration::from_secs(3)).await;
+        assert_eq!(
+            phase,
+            Phase::Registered { lease: 1 },
+            "the old lease is kept alive again"
+        );
+        assert_eq!(fences.0.lock().unwrap().len(), 1);
+        assert_eq!(
+            *status.borrow(),
+            Status {
+                lease: Some(1),
+                epoch: 2,
+                fenced: false
+            }
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_leader_answers_never_fence() {
+        let script = Script::default();
+        script.answers.lock().unwrap().extend([
+            (Duration::from_secs(3), Answer::NoLeader),
+            (Duration::from_secs(60), Answer::Ack),
+        ]);
+        script.now();
+        let fences = Log::default();
+        let (mut s, _status) = session(&script, &fences);
+        let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_secs(62)).await;
+        assert!(fences.0.lock().unwrap().is_empty());
+        assert!(seen.contains(&Phase::Suspect { lease: 1 }));
+        assert_eq!(phase, Phase::Registered { lease: 1 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lost_lease_re_registers_without_fencing() {
+        let script = Script::default();
+        script.answers.lock().unwrap().extend([
+            (Duration::from_secs(3), Answer::Gone),
+            (Duration::from_millis(3500), Answer::Ack),
+        ]);
+        script.now();
+        let fences = Log::default();
+        let (mut s, status) = session(&script, &fences);
+        let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_secs(8)).await;
+        assert!(seen.contains(&Phase::Connecting));
+        assert!(fences.0.lock().unwrap().is_empty());
+        assert!(matches!(phase, Phase::Registered { lease } if lease >= 2), "{phase:?}");
+        assert_eq!(status.borrow().epoch, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_unreachable_cluster_at_start_fences_leftover_units() {
+        let script = Script::default();
+        script.answers.lock().unwrap().push_back((Duration::ZERO, Answer::Down));
+        script.now();
+        let fences = Log::default();
+        let (mut s, _) = session(&script, &fences);
+        let t0 = Instant::now();
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(6)).await;
+        assert_eq!(phase, Phase::Fenced { lease: None });
+        assert_eq!(fences.0.lock().unwrap()[0] - t0, Duration::from_secs(4));
+    }
+}

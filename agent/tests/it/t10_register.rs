@@ -1,0 +1,48 @@
+//! The machine record: on the agent's lease, with metadata and facts; a second agent with
+//! the same machine id is refused until the first one is gone.
+
+use std::time::Duration;
+
+use crate::fixtures::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_on_a_lease_and_refuses_a_duplicate_id() {
+    init_logs();
+    let mut cluster = Cluster::start(1).await;
+    let mut c = cluster.client();
+    let id = machine_id(10);
+    let (a, _fake_a) = agent(agent_config(cluster.endpoints(), &id, fast_timing()));
+    let (record, lease) = eventually("machine record", || {
+        let mut c = cluster.client();
+        let id = id.clone();
+        async move { machine(&mut c, &id).await }
+    })
+    .await;
+    assert_eq!(record.id, id);
+    assert_eq!(record.metadata["zone"], "a");
+    assert_eq!(record.metadata["rack"], "r1");
+    assert_eq!(record.address, "127.0.0.1");
+    assert!(record.facts.cpus > 0 && record.facts.memory_bytes > 0 && record.facts.disk_free_bytes > 0);
+    assert!(!record.hostname.is_empty());
+    assert_ne!(lease, 0, "the record is on a lease");
+    assert_eq!(Some(lease), a.status.borrow().lease);
+
+    // Same id, another agent: refused, the record stays on the first agent's lease.
+    let (b, _fake_b) = agent(agent_config(cluster.endpoints(), &id, fast_timing()));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(b.status.borrow().epoch, 0, "the duplicate never registered");
+    assert_eq!(machine(&mut c, &id).await.unwrap().1, lease);
+
+    // The first agent exits: its lease is revoked at once, and the second takes over.
+    a.stop().await;
+    let (_, lease_b) = eventually("the second agent registers", || {
+        let mut c = cluster.client();
+        let id = id.clone();
+        async move { machine(&mut c, &id).await.filter(|(_, l)| *l != lease) }
+    })
+    .await;
+    assert_eq!(Some(lease_b), b.status.borrow().lease);
+    b.stop().await;
+    assert!(machine(&mut c, &id).await.is_none(), "gone at once after the revoke");
+    cluster.stop().await;
+}

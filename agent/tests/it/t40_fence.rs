@@ -1,0 +1,162 @@
+//! Self-fencing (DESIGN.md decision 5): cut off from every member, the agent stops its
+//! Fence=stop units before its lease could expire, keeps Fence=keep ones, and starts them
+//! again once it has registered; a cluster that answers "no leader" stops nothing.
+
+use std::time::Duration;
+
+use esfleet_agent::fake::Op;
+use esfleet_core::options::Fence;
+use tokio::time::Instant;
+
+use crate::fixtures::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_cluster_fences_stop_units_and_they_come_back() {
+    init_logs();
+    let mut cluster = Cluster::start(1).await;
+    let mut c = cluster.client();
+    let id = machine_id(40);
+    // Through a proxy: an in-process member cannot release its store while connections it
+    // accepted stay open, so the test cuts them when it stops the member.
+    let proxy = Proxy::start(cluster.members[0].client_addr).await;
+    let (a, fake) = agent(agent_config(vec![proxy.url()], &id, fast_timing()));
+    schedule(&mut c, &id, &entry("fenced.service", SIMPLE, Fence::Stop)).await;
+    schedule(&mut c, &id, &entry("kept.service", SIMPLE, Fence::Keep)).await;
+    eventually("both running", || {
+        let fake = fake.clone();
+        async move {
+            (live(&fake, "fenced.service").await.0 == "active" && live(&fake, "kept.service").await.0 == "active")
+                .then_some(())
+        }
+    })
+    .await;
+    let epoch = a.status.borrow().epoch;
+
+    // The member refuses connections at once; its stop() then takes a while (open streams).
+    let down = Instant::now();
+    proxy.cut();
+    cluster.members[0].stop().await;
+    eventually("the Fence=stop unit is stopped", || {
+        let fake = fake.clone();
+        async move { (live(&fake, "fenced.service").await.0 == "inactive").then_some(()) }
+    })
+    .await;
+    // Fence after TTL − margin (1 s) without an acknowledgment: not before.
+    assert!(
+        down.elapsed() >= Duration::from_millis(500),
+        "fenced after {:?}",
+        down.elapsed()
+    );
+    assert!(a.status.borrow().fenced);
+    assert_eq!(live(&fake, "kept.service").await.0, "active", "Fence=keep stays up");
+    // Fenced means fenced: nothing starts it again while the cluster is away.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(live(&fake, "fenced.service").await.0, "inactive");
+
+    cluster.members[0].restart().await;
+    proxy.restore();
+    eventually("registered again and the unit restarted", || {
+        let fake = fake.clone();
+        let fenced = a.status.borrow().fenced;
+        async move { (!fenced && live(&fake, "fenced.service").await.0 == "active").then_some(()) }
+    })
+    .await;
+    assert!(a.status.borrow().epoch > epoch);
+    eventually("state record says active again", || {
+        let mut c = cluster.client();
+        let id = id.clone();
+        async move {
+            state(&mut c, &id, "fenced.service")
+                .await
+                .filter(|(s, _)| s.active == "active")
+                .map(|_| ())
+        }
+    })
+    .await;
+    assert!(machine(&mut c, &id).await.is_some(), "machine record back");
+    assert_eq!(
+        fake.count(Op::Stop),
+        1,
+        "only the fence stopped anything: {:?}",
+        fake.calls()
+    );
+    a.stop().await;
+    drop(proxy);
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_leader_answers_keep_units_running() {
+    init_logs();
+    let mut cluster = Cluster::start(3).await;
+    let mut c = cluster.client();
+    let id = machine_id(41);
+    // TTL 3 s: fence after 2 s without an acknowledgment.
+    let timing = esfleet_agent::config::Timing {
+        lease_ttl: Duration::from_secs(3),
+        ..fast_timing()
+    };
+    // Through proxies, cut when their member stops: a stopped in-process member would
+    // otherwise keep the connections it accepted (a stopped process closes them).
+    let mut proxies = Vec::new();
+    for m in &cluster.members {
+        proxies.push(Proxy::start(m.client_addr).await);
+    }
+    let (a, fake) = agent(agent_config(proxies.iter().map(Proxy::url).collect(), &id, timing));
+    schedule(&mut c, &id, &entry("es.service", SIMPLE, Fence::Stop)).await;
+    eventually("running", || {
+        let fake = fake.clone();
+        async move { (live(&fake, "es.service").await.0 == "active").then_some(()) }
+    })
+    .await;
+
+    // Stop both followers: the leader has lost its quorum, and says "no leader" to every
+    // keepalive. (A lone *follower* today forwards keepalives to its dead leader and
+    // answers with the transport error instead, which the agent cannot tell from a cut-off
+    // member; see the coordinator's `LeaseKeeper::keep_alive`.)
+    let leader = cluster.leader();
+    let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
+    for f in &followers {
+        proxies[*f].cut();
+        cluster.members[*f].stop().await;
+    }
+    // Twice the lease TTL: a fence would have happened long before.
+    let until = Instant::now() + Duration::from_secs(6);
+    while Instant::now() < until {
+        assert_eq!(
+            live(&fake, "es.service").await.0,
+            "active",
+            "stopped although no leader could expire the lease"
+        );
+        assert!(!a.status.borrow().fenced);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(fake.count(Op::Stop), 0);
+
+    futures::future::join_all(
+        cluster
+            .members
+            .iter_mut()
+            .enumerate()
+            .filter(|(i, _)| *i != leader)
+            .map(|(_, m)| m.restart()),
+    )
+    .await;
+    for f in &followers {
+        proxies[*f].restore();
+    }
+    eventually("the state record is written again", || {
+        let mut c = cluster.client();
+        let id = id.clone();
+        async move {
+            state(&mut c, &id, "es.service")
+                .await
+                .filter(|(s, _)| s.active == "active")
+        }
+    })
+    .await;
+    assert_eq!(fake.count(Op::Stop), 0);
+    a.stop().await;
+    drop(proxies);
+    cluster.stop().await;
+}
