@@ -20,3 +20,5 @@ pub use cluster::{Options, ProcessCluster};
 pub use flavor::Flavor;
 pub use poll::poll;
 pub use ports::free_port;
+pub mod hosts;
+pub use hosts::Hosts;

@@ -16,4 +16,5 @@ mod t30_membership;
 mod t40_watch_resume;
 mod t45_compaction;
 mod t50_bad_input;
+mod t60_systemd;
 mod t70_scheduler;
