@@ -11,7 +11,7 @@ use std::time::Duration;
 use esfleet_proto::etcdserverpb as pb;
 use esfleet_proto::raft::{internal_request, InternalRequest};
 use tokio::time::Instant;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use crate::node::{no_leader, Node};
 use crate::store::state_machine::LeaseObserver;
@@ -103,10 +103,26 @@ impl LeaseKeeper {
         match node.leader() {
             Some((leader, _)) if leader == node.id => self.keep_alive_local(node, id),
             Some((_, url)) => {
-                let mut client = node.peers.get(&url)?;
                 let mut req = tonic::Request::new(pb::LeaseKeepAliveRequest { id });
                 req.set_timeout(node.election_timeout);
-                Ok(client.lease_keep_alive(req).await?.into_inner().ttl)
+                let answer = match node.peers.get(&url) {
+                    Ok(mut client) => client.lease_keep_alive(req).await.map(|r| r.into_inner().ttl),
+                    Err(e) => Err(e),
+                };
+                // A leader this member cannot reach is, for the lease's purposes, no leader:
+                // it cannot hear keepalives from here either, and if it is really gone (a
+                // majority down) no lease can expire anywhere. Agents rely on this answer to
+                // tell a control-plane outage (keep units) from being cut off (fence), as
+                // DESIGN.md decision 5 describes.
+                answer.map_err(|e| match e.code() {
+                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled => {
+                        Status::unavailable(format!(
+                            "etcdserver: no leader (the last known leader, {url}, cannot be reached: {})",
+                            e.message()
+                        ))
+                    }
+                    _ => e,
+                })
             }
             None => Err(no_leader()),
         }

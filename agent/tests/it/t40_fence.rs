@@ -111,9 +111,9 @@ async fn no_leader_answers_keep_units_running() {
     .await;
 
     // Stop both followers: the leader has lost its quorum, and says "no leader" to every
-    // keepalive. (A lone *follower* today forwards keepalives to its dead leader and
-    // answers with the transport error instead, which the agent cannot tell from a cut-off
-    // member; see the coordinator's `LeaseKeeper::keep_alive`.)
+    // keepalive. (The case of a lone surviving *follower*, which answers "no leader" when it
+    // cannot reach its leader, runs with real processes in tests/tests/it/t8x: stopped
+    // in-process members keep accepted peer connections open.)
     let leader = cluster.leader();
     let followers: Vec<usize> = (0..3).filter(|i| *i != leader).collect();
     for f in &followers {

@@ -53,19 +53,21 @@ pub fn current_state(placements: &[pb::Placement]) -> &'static str {
 
 /// One unit as `list-unit-files` shows it; `full` adds the text and options (`cat`).
 pub fn unit_info(snap: &StoreSnapshot, name: &UnitName, full: bool) -> pb::UnitInfo {
-    let Some(rec) = snap.units.get(name) else {
-        return pb::UnitInfo {
-            name: name.to_string(),
-            state: "inactive".into(),
-            is_template: name.is_template(),
-            exists: false,
-            ..Default::default()
-        };
-    };
-    let placements: Vec<pb::Placement> = snap
+    let mut placements: Vec<pb::Placement> = snap
         .placements_of(name)
         .map(|(m, e)| placement(snap, m, name, e))
         .collect();
+    placements.extend(leaving(snap, name));
+    let Some(rec) = snap.units.get(name) else {
+        return pb::UnitInfo {
+            name: name.to_string(),
+            state: current_state(&placements).into(),
+            is_template: name.is_template(),
+            exists: false,
+            placements,
+            ..Default::default()
+        };
+    };
     pb::UnitInfo {
         name: name.to_string(),
         hash: rec.hash.clone(),
@@ -82,6 +84,41 @@ pub fn unit_info(snap: &StoreSnapshot, name: &UnitName, full: bool) -> pb::UnitI
         is_template: name.is_template(),
         exists: true,
     }
+}
+
+/// Copies that are no longer scheduled but that their machine still reports running: the
+/// agent has not stopped them yet. They count as placements (desired `inactive`), so
+/// `esfleet stop/unload/destroy` waits until the unit has really stopped there.
+fn leaving<'a>(snap: &'a StoreSnapshot, name: &'a UnitName) -> impl Iterator<Item = pb::Placement> + 'a {
+    snap.states.iter().filter_map(move |(machine, units)| {
+        let s = units.get(name)?;
+        let scheduled = snap.placements.get(machine).is_some_and(|p| p.contains_key(name));
+        let running = matches!(
+            s.active.as_str(),
+            "active" | "activating" | "deactivating" | "reloading"
+        );
+        if scheduled || !running {
+            return None;
+        }
+        let m = snap.machines.get(machine);
+        Some(pb::Placement {
+            machine_id: machine.clone(),
+            machine_address: m.map(|m| m.address.clone()).unwrap_or_default(),
+            machine_hostname: m.map(|m| m.hostname.clone()).unwrap_or_default(),
+            desired: "inactive".into(),
+            load: s.load.clone(),
+            active: s.active.clone(),
+            sub: s.sub.clone(),
+            reported_hash: s.hash.clone(),
+            reported_generation: s.generation,
+            generation: s.generation,
+            since_usec: s.since_usec,
+            n_restarts: s.n_restarts,
+            error: s.error.clone().unwrap_or_default(),
+            reported: true,
+            ..Default::default()
+        })
+    })
 }
 
 fn facts(f: &HostFacts) -> pb::HostFacts {
