@@ -28,6 +28,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::client::{Client, ClientError, Watch};
 use crate::config::Config;
+use crate::health::Health;
 use crate::inspect::{AgentService, Commands};
 use crate::manager::UnitManager;
 use crate::reconcile::{ReconcileError, Shared, UnitFencer};
@@ -94,11 +95,36 @@ pub fn start_with<M: UnitManager>(
     listener: Option<TcpListener>,
     commands: Commands,
 ) -> Running<M> {
+    start_inner(cfg, manager, listener, commands, None)
+}
+
+/// [`start`] without a gRPC service, talking over `channels` (one per endpoint, shared with
+/// other agents in this process) instead of connections of its own. For simulations that
+/// run many agents in one process.
+pub fn start_with_channels<M: UnitManager>(
+    cfg: Config,
+    manager: M,
+    channels: Vec<tonic::transport::Channel>,
+) -> Running<M> {
+    start_inner(cfg, manager, None, Commands::default(), Some(channels))
+}
+
+fn start_inner<M: UnitManager>(
+    cfg: Config,
+    manager: M,
+    listener: Option<TcpListener>,
+    commands: Commands,
+    channels: Option<Vec<tonic::transport::Channel>>,
+) -> Running<M> {
     let shared = Shared::new(manager);
     let record = serde_json::to_string(&machine_record(&cfg)).expect("a MachineRecord always serializes");
     let timeout = cfg.timing.request_timeout;
+    let client = |endpoints: Vec<String>| match &channels {
+        Some(ch) => Client::with_channels(endpoints, ch.clone(), timeout),
+        None => Client::new(endpoints, timeout),
+    };
     let (session, status) = Session::new(
-        Client::new(cfg.endpoints.clone(), timeout),
+        client(cfg.endpoints.clone()),
         UnitFencer(shared.clone()),
         cfg.timing,
         keys::machine(&cfg.machine_id),
@@ -108,9 +134,20 @@ pub fn start_with<M: UnitManager>(
     let session = tokio::spawn(session.run(session_rx));
 
     let (stop_worker, worker_rx) = watch::channel(false);
+    let health = Arc::new(Health::default());
+    tokio::spawn(crate::health::run(
+        health.clone(),
+        {
+            let shared = shared.clone();
+            move || shared.local().desired.clone()
+        },
+        cfg.timing.poll,
+        worker_rx.clone(),
+    ));
     let worker = Worker {
+        health,
         prefix: keys::schedule_prefix(&cfg.machine_id),
-        client: Client::new(cfg.endpoints.clone(), timeout),
+        client: client(cfg.endpoints.clone()),
         shared: shared.clone(),
         session: status.clone(),
         seen: Status::default(),
@@ -211,6 +248,8 @@ enum Seen {
 
 struct Worker<M> {
     cfg: Config,
+    /// `HealthCheck=` results, reported with the states.
+    health: Arc<Health>,
     prefix: String,
     client: Client,
     shared: Arc<Shared<M>>,
@@ -314,6 +353,9 @@ impl<M: UnitManager> Worker<M> {
                         sync = Feed::Resume;
                     }
                 },
+                _ = self.health.changed.notified() => {
+                    report_at.get_or_insert(Instant::now() + Duration::from_millis(50));
+                }
                 Some(_) = changes.recv() => {
                     // A burst of notices becomes one batched read.
                     report_at.get_or_insert(Instant::now() + Duration::from_millis(50));
@@ -363,7 +405,15 @@ impl<M: UnitManager> Worker<M> {
         let names: Vec<UnitName> = self.desired.keys().cloned().collect();
         let live = self.shared.states(&names).await?;
         let shared = &self.shared;
-        let states = unit_states(&self.desired, &self.refused, &live, |u| shared.written(u), &self.errors);
+        let health = &self.health;
+        let states = unit_states(
+            &self.desired,
+            &self.refused,
+            &live,
+            |u| shared.written(u),
+            &self.errors,
+            |u| health.get(u),
+        );
         Ok(self
             .reporter
             .publish(&mut self.client, &self.cfg.machine_id, lease, states)

@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod dbus;
 pub mod facts;
 pub mod fake;
+pub mod health;
 pub mod inspect;
 pub mod manager;
 pub mod reconcile;

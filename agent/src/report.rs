@@ -26,6 +26,7 @@ pub fn unit_states(
     live: &[UnitStatus],
     written: impl Fn(&UnitName) -> Option<(String, u64)>,
     errors: &BTreeMap<UnitName, String>,
+    healthy: impl Fn(&UnitName) -> Option<bool>,
 ) -> BTreeMap<String, UnitState> {
     let live: BTreeMap<&UnitName, &UnitStatus> = live.iter().map(|s| (&s.name, s)).collect();
     let mut out = BTreeMap::new();
@@ -36,6 +37,7 @@ pub fn unit_states(
             hash,
             generation,
             error: errors.get(name).cloned(),
+            healthy: healthy(name),
             ..UnitState::default()
         };
         if let Some(s) = live.get(name) {
@@ -180,10 +182,12 @@ mod tests {
             &live,
             |_| Some((unit_hash("x"), 3)),
             &BTreeMap::new(),
+            |_| Some(false),
         );
         let a = &s["a.service"];
         assert!(a.is_failed());
         assert_eq!((a.generation, a.n_restarts, a.since_usec), (3, 2, 9));
+        assert_eq!(a.healthy, Some(false));
         assert_eq!(s["../x.service"].error.as_deref(), Some("bad name"));
     }
 }

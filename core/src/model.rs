@@ -161,6 +161,9 @@ pub struct UnitState {
     pub n_restarts: u32,
     /// Why the agent could not act on this unit (bad name, file too large, write failed, ...).
     pub error: Option<String>,
+    /// The result of the unit's `HealthCheck=`, run by the agent; `None` when the unit has
+    /// no check or it has not run yet. Drains wait for `Some(true)` on a replacement.
+    pub healthy: Option<bool>,
 }
 
 impl UnitState {

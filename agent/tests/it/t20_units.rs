@@ -119,3 +119,34 @@ async fn new_text_restarts_and_a_crash_is_reported() {
     a.stop().await;
     cluster.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_are_run_and_reported() {
+    init_logs();
+    let mut cluster = Cluster::start(1).await;
+    let mut c = cluster.client();
+    let id = machine_id(22);
+    let (a, _fake) = agent(agent_config(cluster.endpoints(), &id, fast_timing()));
+    // The check sees the placement facts, as the unit does.
+    let good = "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nHealthCheck=test \"$ESFLEET_ZONE\" = a\n";
+    let bad = "[Service]\nExecStart=/bin/sleep 1000\n[X-Fleet]\nHealthCheck=exit 1\n";
+    schedule(&mut c, &id, &entry("good.service", good, Fence::Stop)).await;
+    schedule(&mut c, &id, &entry("bad.service", bad, Fence::Stop)).await;
+    schedule(&mut c, &id, &entry("plain.service", SIMPLE, Fence::Stop)).await;
+    for (unit, want) in [("good.service", true), ("bad.service", false)] {
+        eventually(&format!("{unit} reported healthy={want}"), || {
+            let mut c = cluster.client();
+            let id = id.clone();
+            async move {
+                state(&mut c, &id, unit)
+                    .await
+                    .filter(|(s, _)| s.active == "active" && s.healthy == Some(want))
+            }
+        })
+        .await;
+    }
+    let (plain, _) = state(&mut c, &id, "plain.service").await.expect("plain state");
+    assert_eq!(plain.healthy, None, "a unit without a check reports no health");
+    a.stop().await;
+    cluster.stop().await;
+}

@@ -810,13 +810,15 @@ impl<'a> Pass<'a> {
         }
     }
 
-    /// A drain's replacement on `m` is up: active, of this placement's generation.
+    /// A drain's replacement on `m` is up: active, of this placement's generation, and
+    /// healthy where the unit has a `HealthCheck=`.
     fn replacement_active(&self, u: Uid, m: Mid) -> bool {
         let Some(p) = self.placed[u].iter().find(|p| p.m == m) else {
             return false;
         };
+        let needs_health = self.units[u].rec.options.health_check.is_some();
         self.state_of(u, m)
-            .is_some_and(|s| s.is_active() && s.generation == p.gen)
+            .is_some_and(|s| s.is_active() && s.generation == p.gen && (!needs_health || s.healthy == Some(true)))
     }
 
     fn state_of(&self, u: Uid, m: Mid) -> Option<&'a crate::model::UnitState> {

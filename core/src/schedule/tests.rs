@@ -868,6 +868,45 @@ fn drain_moves_one_at_a_time_after_the_replacement_is_active() {
 }
 
 #[test]
+fn drain_waits_for_a_health_checked_replacement_to_be_healthy() {
+    let mut sim = Sim::new();
+    sim.add_machine(machine("m1", &[]));
+    sim.add_machine(machine("m2", &[]));
+    let es = XFleet {
+        health_check: Some(crate::options::HealthCheck::Http("http://127.0.0.1:9200/".into())),
+        ..opts()
+    };
+    sim.add("es@1.service", DesiredState::Launched, es);
+    sim.step();
+    let from = sim.machine_of("es@1.service").to_string();
+    sim.activate("es@1.service");
+    sim.view.draining.insert(from.clone());
+    sim.step();
+    let to = if from == "m1" { "m2" } else { "m1" };
+    assert_eq!(sim.machines_of("es@1.service").len(), 2, "replacement placed");
+
+    let set_health = |sim: &mut Sim, healthy: Option<bool>| {
+        sim.activate_on(to, "es@1.service");
+        sim.view
+            .states
+            .get_mut(to)
+            .unwrap()
+            .get_mut(&name("es@1.service"))
+            .unwrap()
+            .healthy = healthy;
+    };
+    // Active but not checked yet, then checked and failing: the old copy stays.
+    set_health(&mut sim, None);
+    assert!(sim.step().actions.is_empty());
+    set_health(&mut sim, Some(false));
+    assert!(sim.step().actions.is_empty());
+    // Healthy: the old copy goes.
+    set_health(&mut sim, Some(true));
+    sim.step();
+    assert_eq!(sim.machines_of("es@1.service"), vec![to]);
+}
+
+#[test]
 fn drain_without_room_stays_and_says_why() {
     let mut sim = Sim::new();
     sim.add_machine(machine("m1", &[]));
