@@ -104,7 +104,7 @@ async fn http_get(url: &str) -> Result<(), String> {
     conn.write_all(req.as_bytes())
         .await
         .map_err(|e| format!("{url}: {e}"))?;
-    let mut head = vec![0u8; 64];
+    let mut head = [0u8; 64];
     let mut n = 0;
     while n < 12 {
         match conn.read(&mut head[n..]).await {
