@@ -867,7 +867,8 @@ fn units_directory_validates() {
             "es-data@.service",
             "es-master@.service",
             "hello-global.service",
-            "hello.service"
+            "hello.service",
+            "web@.service"
         ]
     );
     let get = |f: &str| &seen.iter().find(|(n, _)| n == f).unwrap().1;
@@ -880,6 +881,11 @@ fn units_directory_validates() {
         }]
     );
     assert_eq!((master.group.as_str(), master.fence), ("es-master", Fence::Stop));
+    let web = &get("web@.service").options;
+    assert_eq!(
+        (web.spread_by.as_slice(), web.group.as_str()),
+        (["zone".to_string()].as_slice(), "web")
+    );
     let data = &get("es-data@.service").options;
     assert_eq!(data.spread_by, ["zone"]);
     assert_eq!(
