@@ -56,6 +56,8 @@ async fn main() -> anyhow::Result<()> {
         &curl,
         "--listen-peer-urls",
         &purl,
+        // The schedule is written by hand below; a scheduler would remove it.
+        "--scheduler=false",
     ])?
     .validate()?;
     let coordinator = esfleet_coordinator::server::start(cfg, c, p).await?;
