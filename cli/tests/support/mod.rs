@@ -201,6 +201,7 @@ async fn reconcile(c: &mut etcd_client::Client, me: &str, lease: i64, reported: 
             generation: e.generation,
             n_restarts: 0,
             error: None,
+            healthy: None,
         };
         puts.push(TxnOp::put(
             format!("{}{unit}", keys::states_prefix(me)),
