@@ -123,13 +123,16 @@ fn start_inner<M: UnitManager>(
         Some(ch) => Client::with_channels(endpoints, ch.clone(), timeout),
         None => Client::new(endpoints, timeout),
     };
-    let (session, status) = Session::new(
+    let (mut session, status) = Session::new(
         client(cfg.endpoints.clone()),
         UnitFencer(shared.clone()),
         cfg.timing,
         keys::machine(&cfg.machine_id),
         record,
     );
+    if let Some(dir) = &cfg.state_dir {
+        session = session.with_handoff(dir.join("lease"), cfg.stop_units_on_exit);
+    }
     let (stop_session, session_rx) = watch::channel(false);
     let session = tokio::spawn(session.run(session_rx));
 

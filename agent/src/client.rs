@@ -75,6 +75,9 @@ pub struct Client {
     endpoints: Vec<String>,
     current: usize,
     channel: Option<Channel>,
+    /// Connections made by the caller, one per endpoint (many simulated agents in one
+    /// process share them instead of opening two connections each).
+    shared: Option<Vec<Channel>>,
     timeout: Duration,
 }
 
@@ -87,7 +90,20 @@ impl Client {
             endpoints,
             current: 0,
             channel: None,
+            shared: None,
             timeout,
+        }
+    }
+
+    /// A client that talks over `channels` (one per endpoint, in the same order) instead
+    /// of connecting itself: HTTP/2 multiplexes many agents' requests and watches over one
+    /// connection. Used by the scale simulation, which runs a thousand agents in a few
+    /// processes.
+    pub fn with_channels(endpoints: Vec<String>, channels: Vec<Channel>, timeout: Duration) -> Client {
+        assert_eq!(endpoints.len(), channels.len(), "one channel per endpoint");
+        Client {
+            shared: Some(channels),
+            ..Client::new(endpoints, timeout)
         }
     }
 
@@ -105,6 +121,9 @@ impl Client {
     fn channel(&mut self) -> Result<Channel> {
         if let Some(c) = &self.channel {
             return Ok(c.clone());
+        }
+        if let Some(shared) = &self.shared {
+            return Ok(shared[self.current].clone());
         }
         let endpoint = self.endpoint().to_string();
         let ch = Endpoint::from_shared(endpoint.clone())

@@ -50,9 +50,15 @@ pub struct Flags {
     /// How often unit states are re-read from systemd even without change notices.
     #[arg(long, env = "ESFLEET_AGENT_POLL_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
-    /// Stop this machine's units on SIGTERM/SIGINT (default: leave them running).
+    /// Stop this machine's units on SIGTERM/SIGINT and release the machine's lease
+    /// (default: leave the units running and the lease to a restarted agent, which takes it
+    /// over from --state-dir, so an agent restart neither restarts nor moves any unit).
     #[arg(long, env = "ESFLEET_AGENT_STOP_UNITS_ON_EXIT")]
     pub stop_units_on_exit: bool,
+    /// Where the agent keeps what a restarted agent needs (the lease id). Under /run: it
+    /// survives an agent restart, not a reboot.
+    #[arg(long, env = "ESFLEET_AGENT_STATE_DIR", default_value = "/run/esfleet-agent")]
+    pub state_dir: PathBuf,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter expression).
     #[arg(long, env = "ESFLEET_AGENT_LOG_LEVEL", default_value = "info")]
     pub log_level: String,
@@ -77,6 +83,8 @@ pub struct Config {
     pub data_path: PathBuf,
     pub timing: Timing,
     pub stop_units_on_exit: bool,
+    /// Lease handoff across restarts (`--state-dir`); `None`: always revoke on exit.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The agent's clocks (DESIGN.md "Failure semantics").
@@ -265,6 +273,7 @@ impl Flags {
             data_path: self.data_path,
             timing,
             stop_units_on_exit: self.stop_units_on_exit,
+            state_dir: Some(self.state_dir),
         })
     }
 }

@@ -111,6 +111,13 @@ pub struct Session<L, F> {
     /// Failed requests in a row (only the first of a streak is logged as a warning).
     failures: u32,
     status: watch::Sender<Status>,
+    /// Where the current lease id is kept, so that a restarted agent takes the same lease
+    /// over instead of leaving the machine to be declared lost (see [`Session::with_handoff`]).
+    lease_file: Option<std::path::PathBuf>,
+    /// A lease a previous agent process left behind, tried once before granting a new one.
+    inherited: Option<i64>,
+    /// Revoke the lease on exit (the units were stopped); otherwise leave it to a successor.
+    release_on_exit: bool,
 }
 
 impl<L: LeaseApi, F: Fencer> Session<L, F> {
@@ -130,9 +137,44 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 next_keepalive: now,
                 failures: 0,
                 status,
+                lease_file: None,
+                inherited: None,
+                release_on_exit: true,
             },
             rx,
         )
+    }
+
+    /// Hands the lease over across agent restarts. The lease id is kept in `lease_file`
+    /// (under `/run`: it survives an agent restart, not a reboot); a new agent process first
+    /// tries to renew the lease found there and, if it is alive, registers on it again, so
+    /// the machine never disappears and no unit is moved. With `release_on_exit` false (units
+    /// are left running on exit) the lease is not revoked on exit: revoking it would make the
+    /// scheduler start every unit elsewhere while the old copies still run. If no agent comes
+    /// back, the lease expires after its TTL and the machine is lost as if it had crashed.
+    pub fn with_handoff(mut self, lease_file: std::path::PathBuf, release_on_exit: bool) -> Self {
+        self.inherited = std::fs::read_to_string(&lease_file)
+            .ok()
+            .and_then(|s| i64::from_str_radix(s.trim(), 16).ok())
+            .filter(|l| *l > 0);
+        self.lease_file = Some(lease_file);
+        self.release_on_exit = release_on_exit;
+        self
+    }
+
+    fn remember(&self, lease: Option<i64>) {
+        let Some(path) = &self.lease_file else { return };
+        let res = match lease {
+            Some(l) => std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
+                .and_then(|_| std::fs::write(path, format!("{l:x}\n"))),
+            None => std::fs::remove_file(path).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            }),
+        };
+        if let Err(e) = res {
+            tracing::warn!(path = %path.display(), error = %e, "cannot keep the lease id for a restarted agent");
+        }
     }
 
     /// When Fence=stop units must be stopped unless an acknowledgment comes first.
@@ -199,6 +241,24 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     }
 
     async fn connect(&mut self, phase: Phase) -> Phase {
+        if let Some(lease) = self.inherited.take() {
+            let sent = Instant::now();
+            match self.api.keep_alive(lease).await {
+                Ok(ttl) if ttl > 0 => {
+                    self.last_ack = sent;
+                    self.next_keepalive = sent + self.timing.keepalive;
+                    tracing::info!(
+                        lease = format!("{lease:x}"),
+                        "took over the lease of the previous agent process"
+                    );
+                    return Phase::Registering { lease };
+                }
+                Ok(_) => tracing::info!(lease = format!("{lease:x}"), "the previous agent's lease has expired"),
+                Err(e) => {
+                    tracing::info!(error = %e, "cannot renew the previous agent's lease; granting a new one")
+                }
+            }
+        }
         let sent = Instant::now();
         match self.api.grant(self.timing.ttl_secs()).await {
             Ok((lease, ttl)) => {
@@ -227,6 +287,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     async fn register(&mut self, lease: i64) -> Phase {
         match self.api.register(&self.key, &self.record, lease).await {
             Ok(Registration::Done) => {
+                self.remember(Some(lease));
                 self.status.send_modify(|s| {
                     s.lease = Some(lease);
                     s.epoch += 1;
@@ -309,8 +370,9 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         }
     }
 
-    /// Runs until `shutdown` flips to true, then revokes the lease (the machine disappears
-    /// at once rather than after its TTL).
+    /// Runs until `shutdown` flips to true, then revokes the lease if it is to be released
+    /// (the machine disappears at once rather than after its TTL), else leaves it for a
+    /// restarted agent ([`Session::with_handoff`]).
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         let mut phase = Phase::Connecting;
         loop {
@@ -328,6 +390,19 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
         }
         let registered = self.status.borrow().lease;
+        if !self.release_on_exit {
+            if let Some(lease) = phase.lease().or(registered) {
+                tracing::info!(
+                    lease = format!("{lease:x}"),
+                    ttl = ?self.timing.lease_ttl,
+                    "leaving the lease for a restarted agent; units keep running. If no agent comes back \
+                     within the TTL, the machine is lost and its units are started elsewhere while these \
+                     copies still run: to take a host out for good, drain it or use --stop-units-on-exit"
+                );
+            }
+            return;
+        }
+        self.remember(None);
         if let Some(lease) = phase.lease().or(registered) {
             match tokio::time::timeout(self.timing.request_timeout * 2, self.api.revoke(lease)).await {
                 Ok(Ok(())) => tracing::info!(lease = format!("{lease:x}"), "lease revoked; machine unregistered"),

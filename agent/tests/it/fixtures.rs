@@ -222,6 +222,7 @@ pub fn agent_config(endpoints: Vec<String>, machine: &str, timing: Timing) -> Co
         data_path: "/".into(),
         timing,
         stop_units_on_exit: false,
+        state_dir: None,
     }
 }
 
