@@ -22,3 +22,4 @@ pub use poll::poll;
 pub use ports::free_port;
 pub mod hosts;
 pub use hosts::Hosts;
+pub mod realcluster;
