@@ -42,6 +42,8 @@ pub const MAX_WATCHED_UNITS: usize = 10_000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a forwarded status request may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a WatchUnitStates stream gathers applied batches before reading the store.
+const FOLLOW_COALESCE: Duration = Duration::from_millis(100);
 
 pub struct FleetService {
     pub node: Arc<Node>,
@@ -707,7 +709,7 @@ async fn follow_units(
         return;
     }
     loop {
-        let affected = tokio::select! {
+        let mut affected = tokio::select! {
             _ = tx.closed() => return,
             b = live.recv() => match b {
                 Ok(b) => touched(&b, &names),
@@ -718,27 +720,55 @@ async fn follow_units(
         if affected.is_empty() {
             continue;
         }
-        // The batch was applied here before it was broadcast: the local state has it.
-        let snap = match svc.local_snapshot() {
-            Ok(s) => s,
-            Err(e) => {
+        // A read of everything costs far more than one applied batch (hundreds of ms at
+        // 10,000 units), and batches come by the hundred while a fleet converges: gather
+        // what arrives for a moment and answer all of it from one read.
+        tokio::time::sleep(FOLLOW_COALESCE).await;
+        loop {
+            match live.try_recv() {
+                Ok(b) if affected.len() < names.len() => affected.extend(touched(&b, &names)),
+                Ok(_) => {}
+                Err(broadcast::error::TryRecvError::Lagged(_)) => affected = names.clone(),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Closed) => return,
+            }
+        }
+        // The batches were applied here before they were broadcast: the local state has
+        // them. Reading and comparing is CPU work: off the async workers, which also carry
+        // Raft's heartbeats.
+        let node = svc.node.clone();
+        let prev = std::mem::take(&mut last);
+        let work = tokio::task::spawn_blocking(move || {
+            let snap = FleetService { node }.local_snapshot()?;
+            let mut last = prev;
+            let mut changed = Vec::new();
+            for n in affected {
+                let now = info::unit_info(&snap, &n, false);
+                if last.get(&n) != Some(&now) {
+                    last.insert(n, now.clone());
+                    changed.push(now);
+                }
+            }
+            Ok::<_, Status>((snap.revision, last, changed))
+        })
+        .await;
+        let (revision, next, changed) = match work {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => {
                 let _ = tx.send(Err(e)).await;
                 return;
             }
-        };
-        let mut changed = Vec::new();
-        for n in affected {
-            let now = info::unit_info(&snap, &n, false);
-            if last.get(&n) != Some(&now) {
-                last.insert(n, now.clone());
-                changed.push(now);
+            Err(e) => {
+                let _ = tx.send(Err(Status::internal(format!("following units: {e}")))).await;
+                return;
             }
-        }
+        };
+        last = next;
         if !changed.is_empty()
             && tx
                 .send(Ok(pb::WatchUnitStatesResponse {
                     units: changed,
-                    revision: snap.revision,
+                    revision,
                 }))
                 .await
                 .is_err()

@@ -261,7 +261,12 @@ impl Leading {
             .applied_index_at_least(Some(index), "scheduler read")
             .await
             .map_err(|e| PassError::Store(e.to_string()))?;
-        let snap = StoreSnapshot::read(&self.node.store.mvcc.read().expect("poisoned"))
+        // Reading and parsing everything is CPU work (hundreds of ms at 10,000 units): off
+        // the async workers, which also carry Raft's heartbeats.
+        let node = self.node.clone();
+        let snap = tokio::task::spawn_blocking(move || StoreSnapshot::read(&node.store.mvcc.read().expect("poisoned")))
+            .await
+            .map_err(|e| PassError::Store(e.to_string()))?
             .map_err(|e| PassError::Store(e.to_string()))?;
         for (key, why) in &snap.skipped {
             if self.reported.insert(key.clone()) {
@@ -294,6 +299,7 @@ impl Leading {
 
     /// One scheduling pass.
     pub async fn pass(&mut self) -> Result<PassReport, PassError> {
+        let started = Instant::now();
         let mut snap = self.read().await?;
         if snap.epoch != Some(self.term) {
             match snap.epoch {
@@ -307,10 +313,18 @@ impl Leading {
                 return Err(PassError::Deposed(snap.epoch.unwrap_or(0)));
             }
         }
+        let read = started.elapsed();
         let tracked = self.trackers.observe(&snap, Instant::now());
         let view = build_view(&snap, tracked.suspect, tracked.avoid);
-        let plan = schedule::schedule(&view, &self.cfg.core);
+        let core = self.cfg.core.clone();
+        let (view, plan) = tokio::task::spawn_blocking(move || {
+            let plan = schedule::schedule(&view, &core);
+            (view, plan)
+        })
+        .await
+        .map_err(|e| PassError::Store(e.to_string()))?;
         let ops = plan_ops(&snap, &plan);
+        let planned = started.elapsed();
         let report = PassReport {
             revision: snap.revision,
             actions: plan.actions.len(),
@@ -320,6 +334,19 @@ impl Leading {
         self.write_guarded(ops, snap.revision).await?;
         let progress = drain_progress(&snap, &placements_after(&view, &plan));
         self.write_guarded(progress, snap.revision).await?;
+        // One line per pass that wrote something or took long: the scale bench reads the
+        // durations from here (`scheduler pass total_ms=…`).
+        let total = started.elapsed();
+        if report.actions > 0 || total >= Duration::from_millis(100) {
+            tracing::info!(
+                total_ms = total.as_millis() as u64,
+                read_ms = read.as_millis() as u64,
+                plan_ms = (planned - read).as_millis() as u64,
+                actions = report.actions,
+                units = snap.units.len(),
+                "scheduler pass"
+            );
+        }
         Ok(report)
     }
 
