@@ -103,6 +103,17 @@ fn a_unit_is_written_started_reported_restarted_and_destroyed() {
             .unwrap_or_else(|e| panic!("{unit}'s file is not in /run/systemd/system on {host}: {e:#}"));
     }
 
+    // status and journal come from the unit's own host, through a coordinator.
+    let status = c.esfleet_ok(&["status", "always.service"]).expect("esfleet status");
+    assert!(
+        status.contains("always.service") && status.contains("Active: active (running)"),
+        "esfleet status:\n{status}"
+    );
+    let journal = c
+        .esfleet_ok(&["journal", "-n", "20", "always.service"])
+        .expect("esfleet journal");
+    assert!(journal.contains("restarted by systemd"), "esfleet journal:\n{journal}");
+
     // kill -9 of the main process of a Restart=no unit: reported failed.
     let host = &at["once.service"];
     let pid = c.unit_times(host, "once.service").unwrap().main_pid;
