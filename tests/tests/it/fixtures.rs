@@ -26,6 +26,19 @@ pub async fn cluster(n: usize) -> ProcessCluster {
         .unwrap_or_else(|e| panic!("starting a {n}-member cluster: {e:?}"))
 }
 
+/// Like [`cluster`], but esfleet members serve only the store (`--scheduler=false`): a
+/// new leader's scheduler writes its epoch key, one revision the test did not make, and
+/// some tests count every revision as their own. (etcd ignores the variable.)
+pub async fn store_only_cluster(n: usize) -> ProcessCluster {
+    let options = esfleet_tests::Options {
+        env: vec![("ESFLEET_SCHEDULER".into(), "false".into())],
+        ..Default::default()
+    };
+    ProcessCluster::start_with(flavor(), n, options)
+        .await
+        .unwrap_or_else(|e| panic!("starting a {n}-member cluster: {e:?}"))
+}
+
 /// The gRPC status inside an etcd-client error, if it is one.
 pub fn status_of(err: &etcd_client::Error) -> Option<&tonic::Status> {
     match err {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use esfleet_tests::{poll, ProcessCluster};
 use etcd_client::{EventType, WatchOptions};
 
-use crate::fixtures::{cluster, PATIENCE};
+use crate::fixtures::{store_only_cluster, PATIENCE};
 
 const PREFIX: &str = "/t40/";
 
@@ -225,7 +225,7 @@ async fn watch_across_a_kill(mut c: ProcessCluster, watch_first: usize, victim: 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watcher_on_the_killed_leader_resumes_elsewhere_without_a_gap() {
-    let c = cluster(3).await;
+    let c = store_only_cluster(3).await;
     let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
     let reconnects = watch_across_a_kill(c, leader, leader).await;
     assert!(reconnects >= 1, "the watcher's stream did not break");
@@ -233,7 +233,7 @@ async fn watcher_on_the_killed_leader_resumes_elsewhere_without_a_gap() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn watcher_on_a_follower_misses_nothing_across_a_leader_kill() {
-    let c = cluster(3).await;
+    let c = store_only_cluster(3).await;
     let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
     let follower = (0..3).find(|&i| i != leader).unwrap();
     watch_across_a_kill(c, follower, leader).await;
