@@ -191,33 +191,34 @@ pub fn unit_rows(resp: &pb::ListUnitsResponse) -> Vec<UnitRow> {
     rows
 }
 
-/// `list-units` as a table of `fields` (checked with [`check_fields`]).
-pub fn units_table(rows: &[UnitRow], fields: &[&str], style: Style) -> String {
+/// A table with one column per field (headers are the field names in capitals); `cell`
+/// renders one field of one row.
+fn field_table<R>(rows: &[R], fields: &[&str], style: Style, cell: impl Fn(&R, &str) -> Cell) -> String {
     let headers: Vec<String> = fields.iter().map(|f| f.to_ascii_uppercase()).collect();
     let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
     let cells: Vec<Vec<Cell>> = rows
         .iter()
-        .map(|r| {
-            fields
-                .iter()
-                .map(|f| match *f {
-                    "unit" => Cell::plain(&r.unit),
-                    "machine" => Cell::plain(machine_label(&r.machine_id, &r.machine_address, style.full)),
-                    "active" => Cell::colored(&r.active, active_color(&r.active)),
-                    "sub" => Cell::plain(&r.sub),
-                    "load" => Cell::plain(&r.load),
-                    "desired" => Cell::plain(&r.desired),
-                    "hash" => Cell::plain(short_hash(&r.hash, style.full)),
-                    "generation" => Cell::plain(r.generation.to_string()),
-                    "restarts" => Cell::plain(r.restarts.to_string()),
-                    "since" => Cell::plain(timestamp(r.since_usec)),
-                    "error" => Cell::colored(&r.error, Some(Color::Red)),
-                    _ => Cell::plain(""),
-                })
-                .collect()
-        })
+        .map(|r| fields.iter().map(|f| cell(r, f)).collect())
         .collect();
     render(&headers, &cells, style.legend, style.color)
+}
+
+/// `list-units` as a table of `fields` (checked with [`check_fields`]).
+pub fn units_table(rows: &[UnitRow], fields: &[&str], style: Style) -> String {
+    field_table(rows, fields, style, |r, f| match f {
+        "unit" => Cell::plain(&r.unit),
+        "machine" => Cell::plain(machine_label(&r.machine_id, &r.machine_address, style.full)),
+        "active" => Cell::colored(&r.active, active_color(&r.active)),
+        "sub" => Cell::plain(&r.sub),
+        "load" => Cell::plain(&r.load),
+        "desired" => Cell::plain(&r.desired),
+        "hash" => Cell::plain(short_hash(&r.hash, style.full)),
+        "generation" => Cell::plain(r.generation.to_string()),
+        "restarts" => Cell::plain(r.restarts.to_string()),
+        "since" => Cell::plain(timestamp(r.since_usec)),
+        "error" => Cell::colored(&r.error, Some(Color::Red)),
+        _ => Cell::plain(""),
+    })
 }
 
 pub fn units_json(rows: &[UnitRow]) -> String {
@@ -294,29 +295,16 @@ fn targets_text(targets: &[Target], full: bool) -> String {
 /// `list-unit-files` as a table of `fields`; units that cannot be placed are explained
 /// below it (unless `reason` is one of the columns).
 pub fn unit_files_table(rows: &[UnitFileRow], fields: &[&str], style: Style) -> String {
-    let headers: Vec<String> = fields.iter().map(|f| f.to_ascii_uppercase()).collect();
-    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
-    let cells: Vec<Vec<Cell>> = rows
-        .iter()
-        .map(|r| {
-            fields
-                .iter()
-                .map(|f| match *f {
-                    "unit" => Cell::plain(&r.unit),
-                    "hash" => Cell::plain(short_hash(&r.hash, style.full)),
-                    "dstate" => Cell::plain(&r.desired),
-                    "state" => Cell::colored(&r.state, active_color(&r.state)),
-                    "target" if r.targets.is_empty() && !r.unplaceable.is_empty() => {
-                        Cell::colored("unplaceable", Some(Color::Red))
-                    }
-                    "target" => Cell::plain(targets_text(&r.targets, style.full)),
-                    "reason" => Cell::plain(&r.unplaceable),
-                    _ => Cell::plain(""),
-                })
-                .collect()
-        })
-        .collect();
-    let mut out = render(&headers, &cells, style.legend, style.color);
+    let mut out = field_table(rows, fields, style, |r, f| match f {
+        "unit" => Cell::plain(&r.unit),
+        "hash" => Cell::plain(short_hash(&r.hash, style.full)),
+        "dstate" => Cell::plain(&r.desired),
+        "state" => Cell::colored(&r.state, active_color(&r.state)),
+        "target" if r.targets.is_empty() && !r.unplaceable.is_empty() => Cell::colored("unplaceable", Some(Color::Red)),
+        "target" => Cell::plain(targets_text(&r.targets, style.full)),
+        "reason" => Cell::plain(&r.unplaceable),
+        _ => Cell::plain(""),
+    });
     if style.legend && !fields.contains(&"reason") {
         for r in rows.iter().filter(|r| !r.unplaceable.is_empty()) {
             let _ = writeln!(out, "{} cannot be placed: {}", r.unit, r.unplaceable);

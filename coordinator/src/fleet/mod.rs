@@ -138,7 +138,18 @@ impl FleetService {
 
     /// Proposes a compare-and-set Txn: Ok(Some(revision)) if it landed, Ok(None) if a
     /// compare failed (the caller reads again and retries).
-    async fn cas(&self, compare: Vec<etcd::Compare>, ops: Vec<etcd::RequestOp>) -> Result<Option<i64>, Status> {
+    /// Writes `ops` if every compare still holds: `Some(revision)` on success, `None` when
+    /// the units changed since `snap` was read (the caller re-reads and retries). With
+    /// nothing to write, the answer is the snapshot's revision.
+    async fn cas(
+        &self,
+        snap: &StoreSnapshot,
+        compare: Vec<etcd::Compare>,
+        ops: Vec<etcd::RequestOp>,
+    ) -> Result<Option<i64>, Status> {
+        if ops.is_empty() {
+            return Ok(Some(snap.revision));
+        }
         let (resp, rev) = txn::propose(
             &self.node,
             etcd::TxnRequest {
@@ -275,13 +286,8 @@ impl Fleet for FleetService {
                     outcome: outcome as i32,
                 });
             }
-            let revision = if ops.is_empty() {
-                snap.revision
-            } else {
-                match self.cas(compare, ops).await? {
-                    Some(rev) => rev,
-                    None => continue,
-                }
+            let Some(revision) = self.cas(&snap, compare, ops).await? else {
+                continue;
             };
             return Ok(Response::new(pb::SubmitUnitsResponse { results, revision }));
         }
@@ -331,13 +337,8 @@ impl Fleet for FleetService {
                     desired: desired.to_string(),
                 });
             }
-            let revision = if ops.is_empty() {
-                snap.revision
-            } else {
-                match self.cas(compare, ops).await? {
-                    Some(rev) => rev,
-                    None => continue,
-                }
+            let Some(revision) = self.cas(&snap, compare, ops).await? else {
+                continue;
             };
             return Ok(Response::new(pb::SetDesiredStateResponse { changes, revision }));
         }
