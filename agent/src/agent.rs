@@ -359,9 +359,12 @@ impl<M: UnitManager> Worker<M> {
                 _ = self.health.changed.notified() => {
                     report_at.get_or_insert(Instant::now() + Duration::from_millis(50));
                 }
-                Some(_) = changes.recv() => {
-                    // A burst of notices becomes one batched read.
-                    report_at.get_or_insert(Instant::now() + Duration::from_millis(50));
+                Some(unit) = changes.recv() => {
+                    // systemd announces every unit on the host; only ours lead to a report,
+                    // and a burst of notices becomes one batched read.
+                    if self.desired.contains_key(&unit) {
+                        report_at.get_or_insert(Instant::now() + Duration::from_millis(50));
+                    }
                 }
                 _ = sleep_until(report_at.unwrap_or(far)), if report_at.is_some() => {
                     report_at = None;
@@ -427,10 +430,19 @@ impl<M: UnitManager> Worker<M> {
     /// right after the revision read.
     async fn full_read(&mut self) -> Result<Watch, ClientError> {
         let (kvs, rev) = self.client.range_prefix(&self.prefix).await?;
-        self.desired.clear();
+        // Start from an empty schedule, but remember the last good entries: a unit whose
+        // stored entry is now refused keeps running on its last good one (as on the watch
+        // path), instead of being unloaded by a re-read.
+        let previous = std::mem::take(&mut self.desired);
         self.refused.clear();
         for kv in kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
+            if let Some((name, good)) = UnitName::new(key.strip_prefix(&self.prefix).unwrap_or(&key))
+                .ok()
+                .and_then(|n| previous.get(&n).map(|e| (n, e.clone())))
+            {
+                self.desired.insert(name, good);
+            }
             self.apply_put(&key, &kv.value);
         }
         self.rev = rev;

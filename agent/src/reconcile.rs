@@ -281,6 +281,9 @@ async fn stop<M: UnitManager>(m: &M, unit: &UnitName) -> Result<(), ManagerError
     }
 }
 
+/// How long the fencer waits for any one systemd call (the stop jobs run concurrently).
+const FENCE_CALL_LIMIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// The fencer of DESIGN.md decision 5: stops every running unit whose entry says
 /// `Fence=stop`, keeps `Fence=keep` ones, and says so.
 pub struct UnitFencer<M>(pub Arc<Shared<M>>);
@@ -288,14 +291,22 @@ pub struct UnitFencer<M>(pub Arc<Shared<M>>);
 impl<M: UnitManager> Fencer for UnitFencer<M> {
     async fn fence(&self, why: &str) {
         let shared = &self.0;
-        let _gate = shared.gate.lock().await;
+        // Flag first: the reconciler checks it before every task, so nothing new starts.
         let desired = {
             let mut l = shared.local();
             l.fenced = true;
             l.desired.clone()
         };
+        // A reconcile task may hold the gate while systemd works through a slow job (up to
+        // the job timeout): the fence must not wait behind it. A StopUnit in "replace" mode
+        // supersedes a pending start, so stopping without the gate is safe.
+        let _gate = tokio::time::timeout(FENCE_CALL_LIMIT, shared.gate.lock()).await.ok();
         let names: Vec<UnitName> = desired.keys().cloned().collect();
-        let stops = match shared.manager.states(&names).await {
+        let live = match tokio::time::timeout(FENCE_CALL_LIMIT, shared.manager.states(&names)).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("systemd did not answer within {FENCE_CALL_LIMIT:?}")),
+        };
+        let stops = match live {
             Ok(live) => fence_stops(&desired, &live.into_iter().map(|s| (s.name, s.active)).collect()),
             Err(e) => {
                 tracing::error!(error = %e, "cannot read unit states while fencing; stopping every Fence=stop unit");
@@ -318,12 +329,23 @@ impl<M: UnitManager> Fencer for UnitFencer<M> {
             "fencing: {why}. Stopping the Fence=stop units so they never run twice; Fence=keep units stay up. \
              They start again once the agent has registered"
         );
-        for unit in stops {
-            match stop(&shared.manager, &unit).await {
-                Ok(()) => tracing::warn!(unit = %unit, "fenced: stopped"),
-                Err(e) => tracing::error!(unit = %unit, error = %e, "fencing: cannot stop unit"),
+        // All at once, each bounded: one stuck job must not keep the others running.
+        let results = futures::future::join_all(
+            stops
+                .iter()
+                .map(|unit| tokio::time::timeout(FENCE_CALL_LIMIT, stop(&shared.manager, unit))),
+        )
+        .await;
+        for (unit, result) in stops.iter().zip(results) {
+            match result {
+                Ok(Ok(())) => tracing::warn!(unit = %unit, "fenced: stopped"),
+                Ok(Err(e)) => tracing::error!(unit = %unit, error = %e, "fencing: cannot stop unit"),
+                Err(_) => tracing::error!(
+                    unit = %unit,
+                    "fencing: the stop job did not finish within {FENCE_CALL_LIMIT:?}; it stays queued in systemd"
+                ),
             }
-            shared.local().started.remove(&unit);
+            shared.local().started.remove(unit);
         }
     }
 }

@@ -76,9 +76,14 @@ pub trait LeaseApi: Send + 'static {
         lease: i64,
     ) -> impl Future<Output = Result<Registration, ClientError>> + Send;
     fn revoke(&mut self, lease: i64) -> impl Future<Output = Result<(), ClientError>> + Send;
+    /// Talk to the next member from now on (the current one did not answer in time).
+    fn rotate(&mut self) {}
 }
 
 impl LeaseApi for Client {
+    fn rotate(&mut self) {
+        Client::rotate(self)
+    }
     async fn grant(&mut self, ttl: i64) -> Result<(i64, i64), ClientError> {
         Client::grant(self, ttl).await
     }
@@ -177,6 +182,18 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         }
     }
 
+    /// The latest a lease request may still be waited for: the fence deadline while it is
+    /// ahead (a hung request must not delay the fence), else one request timeout.
+    fn deadline(&self) -> Instant {
+        let now = Instant::now();
+        let fence = self.fence_at();
+        if fence > now {
+            fence
+        } else {
+            now + self.timing.request_timeout
+        }
+    }
+
     /// When Fence=stop units must be stopped unless an acknowledgment comes first.
     pub fn fence_at(&self) -> Instant {
         self.last_ack + self.timing.fence_after()
@@ -243,7 +260,10 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     async fn connect(&mut self, phase: Phase) -> Phase {
         if let Some(lease) = self.inherited.take() {
             let sent = Instant::now();
-            match self.api.keep_alive(lease).await {
+            match tokio::time::timeout_at(self.deadline(), self.api.keep_alive(lease))
+                .await
+                .unwrap_or(Ok(0))
+            {
                 Ok(ttl) if ttl > 0 => {
                     self.last_ack = sent;
                     self.next_keepalive = sent + self.timing.keepalive;
@@ -260,7 +280,10 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
         }
         let sent = Instant::now();
-        match self.api.grant(self.timing.ttl_secs()).await {
+        let Ok(answer) = tokio::time::timeout_at(self.deadline(), self.api.grant(self.timing.ttl_secs())).await else {
+            return phase; // the next step fences, or retries
+        };
+        match answer {
             Ok((lease, ttl)) => {
                 self.last_ack = sent;
                 self.failures = 0;
@@ -285,7 +308,12 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     }
 
     async fn register(&mut self, lease: i64) -> Phase {
-        match self.api.register(&self.key, &self.record, lease).await {
+        let Ok(answer) =
+            tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease)).await
+        else {
+            return Phase::Registering { lease };
+        };
+        match answer {
             Ok(Registration::Done) => {
                 self.remember(Some(lease));
                 self.status.send_modify(|s| {
@@ -332,7 +360,23 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             _ if ok => Phase::Registered { lease },
             _ => Phase::Suspect { lease },
         };
-        match self.api.keep_alive(lease).await {
+        // Bounded by the fence deadline: a hung request must not carry the fence past the
+        // moment the lease could expire.
+        // A keepalive is given one keepalive interval, not the longer request timeout: a
+        // member that swallowed it must not eat the fence window, the next member is tried.
+        let limit = self.deadline().min(sent + self.timing.keepalive);
+        let answer = match tokio::time::timeout_at(limit, self.api.keep_alive(lease)).await {
+            Ok(a) => a,
+            Err(_) if Instant::now() >= self.fence_at() => return phase, // the next step fences
+            Err(_) => {
+                self.api.rotate();
+                Err(ClientError::Timeout {
+                    endpoint: "the current member".into(),
+                    timeout: self.timing.keepalive,
+                })
+            }
+        };
+        match answer {
             Ok(ttl) if ttl > 0 => {
                 self.last_ack = sent;
                 self.next_keepalive = sent + self.timing.keepalive;

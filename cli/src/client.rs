@@ -85,8 +85,15 @@ impl Client {
                 ))
             })?;
             let channel = endpoint
-                .connect_timeout(request_timeout.min(Duration::from_secs(3)))
+                // Shorter than the request timeout, so a blackholed member is given up on
+                // (and the next one tried) before the request itself times out.
+                .connect_timeout((request_timeout / 2).min(Duration::from_secs(3)))
                 .tcp_nodelay(true)
+                // A member that goes silent under an open stream (`start` waiting, `journal
+                // -f`) is noticed, so the stream fails over instead of hanging.
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(5))
+                .keep_alive_while_idle(true)
                 .connect_lazy();
             members.push(Member { url, channel });
         }

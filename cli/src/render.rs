@@ -30,10 +30,10 @@ pub struct Style {
 
 /// `1a2b3c4d...` (fleetctl's short machine id), or the whole id.
 pub fn short_id(id: &str, full: bool) -> String {
-    if full || id.len() <= 8 {
-        id.to_string()
-    } else {
-        format!("{}...", &id[..8])
+    // By characters: the id comes from the server and need not be ASCII.
+    match id.char_indices().nth(8) {
+        Some((cut, _)) if !full => format!("{}...", &id[..cut]),
+        _ => id.to_string(),
     }
 }
 
@@ -122,6 +122,12 @@ fn to_json<T: Serialize>(rows: &T) -> String {
 fn timestamp(usec: u64) -> String {
     if usec == 0 {
         return String::new();
+    }
+    // humantime cannot show years past 9999 (its Display fails, `to_string` would panic);
+    // a timestamp that far out is garbage from the server, shown raw.
+    const YEAR_10000_SECS: u64 = 253_402_300_800;
+    if usec / 1_000_000 >= YEAR_10000_SECS {
+        return format!("{usec}µs");
     }
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_micros(usec)).to_string()
 }

@@ -105,8 +105,15 @@ impl LeaseKeeper {
             Some((_, url)) => {
                 let mut req = tonic::Request::new(pb::LeaseKeepAliveRequest { id });
                 req.set_timeout(node.election_timeout);
+                // Bounded here: `set_timeout` is only a header the callee may honour, and an
+                // agent decides between "outage" and "cut off" on this answer's timeliness.
                 let answer = match node.peers.get(&url) {
-                    Ok(mut client) => client.lease_keep_alive(req).await.map(|r| r.into_inner().ttl),
+                    Ok(mut client) => {
+                        match tokio::time::timeout(node.election_timeout, client.lease_keep_alive(req)).await {
+                            Ok(r) => r.map(|r| r.into_inner().ttl),
+                            Err(_) => Err(Status::deadline_exceeded("the leader did not answer in time")),
+                        }
+                    }
                     Err(e) => Err(e),
                 };
                 // A leader this member cannot reach is, for the lease's purposes, no leader:

@@ -401,3 +401,12 @@ MEMBER            NAME           PEER URLS             CLIENT URLS           ROL
     let back: Vec<MemberRow> = serde_json::from_str(&members_json(&rows)).unwrap();
     assert_eq!(back, rows);
 }
+
+#[test]
+fn garbled_ids_and_timestamps_from_the_server_do_not_panic() {
+    assert_eq!(short_id("éééééééééé", false), "éééééééé...");
+    assert_eq!(short_id("0123456789abcdef", false), "01234567...");
+    assert_eq!(short_id("0123", false), "0123");
+    assert_eq!(timestamp(u64::MAX), format!("{}µs", u64::MAX));
+    assert_eq!(timestamp(1_700_000_000_000_000), "2023-11-14T22:13:20Z");
+}

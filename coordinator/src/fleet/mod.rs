@@ -213,6 +213,14 @@ impl FleetService {
                 ))
             })?
             .connect_timeout(CONNECT_TIMEOUT)
+            // Enforced here, not only announced to the agent: a frozen agent must not hang
+            // the operator's `esfleet status`. (Covers the answer's headers, so a followed
+            // journal keeps streaming.)
+            .timeout(AGENT_TIMEOUT)
+            // A followed journal ends when the agent's host goes away.
+            .http2_keep_alive_interval(std::time::Duration::from_secs(5))
+            .keep_alive_timeout(std::time::Duration::from_secs(5))
+            .keep_alive_while_idle(true)
             .connect()
             .await
             .map_err(|e| Status::unavailable(format!("cannot reach the agent on machine {machine} at {url}: {e}")))?;

@@ -147,7 +147,6 @@ pub struct Leading {
     cfg: SchedulerConfig,
     term: u64,
     trackers: Trackers,
-    epoch_written: bool,
     /// Keys already reported as unparseable (logged once per leadership).
     reported: HashSet<String>,
 }
@@ -171,7 +170,6 @@ impl Leading {
             cfg,
             term,
             trackers,
-            epoch_written: false,
             reported: HashSet::new(),
         }
     }
@@ -293,7 +291,6 @@ impl Leading {
         txn::propose(&self.node, txn)
             .await
             .map_err(|s| PassError::Store(s.message().to_string()))?;
-        self.epoch_written = true;
         Ok(())
     }
 
@@ -302,10 +299,10 @@ impl Leading {
         let started = Instant::now();
         let mut snap = self.read().await?;
         if snap.epoch != Some(self.term) {
-            match snap.epoch {
-                Some(e) if e > self.term => return Err(PassError::Deposed(e)),
-                _ if self.epoch_written => return Err(PassError::Deposed(snap.epoch.unwrap_or(0))),
-                _ => {}
+            // A newer term took over: stand down. A missing or older epoch (deleted or
+            // garbled by hand) is written again: `write_epoch` never lowers a newer one.
+            if let Some(e) = snap.epoch.filter(|e| *e > self.term) {
+                return Err(PassError::Deposed(e));
             }
             self.write_epoch().await?;
             snap = self.read().await?;
@@ -467,8 +464,25 @@ pub fn drain_progress(
         next.done = remaining.is_empty();
         next.remaining = remaining;
         if next != *rec {
+            let key = keys::drain(machine);
             let value = serde_json::to_vec(&next).expect("a drain record serializes");
-            ops.push(txn::put(&keys::drain(machine), value));
+            // Only onto the record that was read: the prefix guard cannot see a deletion, and
+            // an undrain after the read must not be undone by this write.
+            let exists = pb::Compare {
+                result: pb::compare::CompareResult::Greater as i32,
+                ..txn::mod_is(&key, 0)
+            };
+            let unchanged = pb::Compare {
+                result: pb::compare::CompareResult::Less as i32,
+                ..txn::mod_is(&key, snap.revision + 1)
+            };
+            ops.push(pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest {
+                    compare: vec![exists, unchanged],
+                    success: vec![txn::put(&key, value)],
+                    failure: vec![],
+                })),
+            });
         }
     }
     ops
