@@ -75,6 +75,7 @@ async fn main() -> anyhow::Result<()> {
             fence: Default::default(),
             enable: false,
             env: [("ESFLEET_ZONE".to_string(), "a".to_string())].into(),
+            files: Default::default(),
         })
         .collect();
     for chunk in entries.chunks(100) {

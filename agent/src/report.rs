@@ -164,6 +164,7 @@ mod tests {
             fence: Default::default(),
             enable: false,
             env: Default::default(),
+            files: Default::default(),
         };
         let desired = [(u.clone(), e)].into();
         let live = vec![UnitStatus {

@@ -326,6 +326,7 @@ mod tests {
             fence: Fence::Stop,
             enable: false,
             env: [("ESFLEET_ZONE".to_string(), "a".to_string())].into(),
+            files: Default::default(),
         }
     }
 

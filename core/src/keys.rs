@@ -16,7 +16,13 @@ pub const SCHEDULER_EPOCH: &str = "/esfleet/scheduler/epoch";
 /// text); written by the scheduler, deleted once the unit is placed or no longer asked to
 /// run. Replicated, so every member's Fleet service can show it and watchers see it.
 pub const UNPLACEABLE: &str = "/esfleet/unplaceable/";
+/// `es/<cluster>`: an Elasticsearch cluster definition (`esfleet es apply`), a
+/// `core::es::ClusterRecord` in JSON. The scheduler renders each node's configuration from it.
+pub const ES: &str = "/esfleet/es/";
 
+pub fn es_cluster(name: &str) -> String {
+    format!("{ES}{name}")
+}
 pub fn unit(name: &UnitName) -> String {
     format!("{UNITS}{name}")
 }

@@ -140,6 +140,13 @@ pub struct ScheduleEntry {
     /// The placement facts, written into the unit's drop-in as `Environment=`.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Configuration files rendered for this placement (an Elasticsearch node's
+    /// `elasticsearch.yml` and seed hosts): file name → text. The agent writes them into the
+    /// unit's config directory (`ESFLEET_CONFIG_DIR`) before starting it, and rewrites them
+    /// when they change without restarting the unit (the seed-hosts file is re-read by
+    /// Elasticsearch itself; other settings take effect at the next restart).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub files: BTreeMap<String, String>,
 }
 
 /// `states/<machine>/<unit>`: written by the agent, on its lease.

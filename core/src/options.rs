@@ -81,6 +81,15 @@ pub struct XFleet {
     pub resources: Resources,
     /// `StartAfter=`: globs; launch only once every matching unit is active.
     pub start_after: Vec<String>,
+    /// `StartAfterQuorum=true`: launch once a majority of the units matching `StartAfter=`
+    /// is active (an Elasticsearch data node needs a master quorum, not every master).
+    #[serde(default)]
+    pub start_after_quorum: bool,
+    /// `Elasticsearch=<cluster>`: this unit is a node of that cluster (`esfleet es apply`):
+    /// it is placed only on machines passing Elasticsearch's bootstrap checks, and its
+    /// `elasticsearch.yml` and seed hosts are rendered from its placement.
+    #[serde(default)]
+    pub elasticsearch: Option<String>,
     pub health_check: Option<HealthCheck>,
     /// `MaxUnavailable=`, default 1.
     pub max_unavailable: u32,

@@ -248,6 +248,7 @@ pub fn entry(name: &str, text: &str, fence: Fence) -> ScheduleEntry {
             ("ESFLEET_NOTE".to_string(), "say \"hi\" 100%".to_string()),
         ]
         .into(),
+        files: Default::default(),
     }
 }
 

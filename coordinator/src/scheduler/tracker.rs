@@ -150,6 +150,7 @@ mod tests {
                 fence: Default::default(),
                 enable: false,
                 env: Default::default(),
+                files: Default::default(),
             },
         );
     }

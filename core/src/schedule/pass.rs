@@ -12,7 +12,7 @@
 //! 4. drain: units on draining machines get a replacement, `MaxUnavailable` per group.
 //! 5. entries: every placement's entry is (re)built and written where it changed.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::globs::{Globs, SetId};
 use super::{Action, ClusterView, Config, Plan};
@@ -1131,6 +1131,7 @@ impl<'a> Pass<'a> {
                         fence: rec.options.fence,
                         enable: rec.has_install,
                         env,
+                        files: BTreeMap::new(),
                     };
                     self.actions.push(Action::Put {
                         machine: machine.to_string(),
