@@ -1078,25 +1078,39 @@ impl<'a> Pass<'a> {
                         .any(|p| self.state_of(u, p.m).is_some_and(|s| s.is_active()))
             })
             .collect();
-        let mut not_active: HashMap<SetId, u32> = HashMap::new();
+        // Per StartAfter= set: (wanted units matching it, of which active).
+        let mut counts: HashMap<SetId, (u32, u32)> = HashMap::new();
         for u in 0..self.units.len() {
             let unit = &self.units[u];
             for p in &self.placed[u] {
                 let desired = match unit.rec.desired {
                     DesiredState::Launched => {
-                        let gated = unit.start_after.is_some_and(|set| {
-                            let waiting = *not_active.entry(set).or_insert_with(|| {
-                                (0..self.units.len())
-                                    .filter(|&v| {
-                                        self.units[v].wanted
-                                            && !active[v]
-                                            && self.globs.is_match(set, self.units[v].name.as_str())
-                                    })
-                                    .count() as u32
+                        // A start-time gate, like systemd's After=: a placement already
+                        // launched stays launched when a unit it waited for fails later
+                        // (a master dying must not stop every data node).
+                        let launched = p
+                            .old
+                            .is_some_and(|o| o.generation == p.gen && o.desired == DesiredState::Launched);
+                        let gated = !launched
+                            && unit.start_after.is_some_and(|set| {
+                                let (total, up) = *counts.entry(set).or_insert_with(|| {
+                                    (0..self.units.len())
+                                        .filter(|&v| {
+                                            self.units[v].wanted
+                                                && self.globs.is_match(set, self.units[v].name.as_str())
+                                        })
+                                        .fold((0, 0), |(t, a), v| (t + 1, a + u32::from(active[v])))
+                                });
+                                // A unit matching its own StartAfter= does not wait for itself.
+                                let me = self.globs.is_match(set, unit.name.as_str());
+                                let total = total - u32::from(me);
+                                let up = up - u32::from(me && active[u]);
+                                if unit.rec.options.start_after_quorum {
+                                    total > 0 && up < total / 2 + 1
+                                } else {
+                                    up < total
+                                }
                             });
-                            let me = u32::from(!active[u] && self.globs.is_match(set, unit.name.as_str()));
-                            waiting > me
-                        });
                         if gated {
                             DesiredState::Loaded
                         } else {

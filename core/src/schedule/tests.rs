@@ -956,3 +956,41 @@ fn start_after_gates_launch_until_the_others_are_active() {
     assert_eq!(sim.entry(&m, "es-data@1.service").desired, DesiredState::Launched);
     assert_eq!(sim.entry(&m, "es-data@1.service").generation, 1, "updated in place");
 }
+
+#[test]
+fn start_after_quorum_waits_for_a_majority_only() {
+    let mut sim = Sim::new();
+    for m in ["m1", "m2", "m3", "m4"] {
+        sim.add_machine(machine(m, &[]));
+    }
+    for i in 1..=3 {
+        sim.add(&format!("es-master@{i}.service"), DesiredState::Launched, opts());
+    }
+    let after = XFleet {
+        start_after: strings(&["es-master@*.service"]),
+        start_after_quorum: true,
+        ..opts()
+    };
+    sim.add("es-data@1.service", DesiredState::Launched, after);
+    sim.step();
+    let m = sim.machine_of("es-data@1.service");
+    assert_eq!(sim.entry(&m, "es-data@1.service").desired, DesiredState::Loaded);
+    sim.activate("es-master@1.service");
+    assert!(sim.step().actions.is_empty(), "one master of three is no quorum");
+    sim.activate("es-master@3.service");
+    sim.step();
+    assert_eq!(
+        sim.entry(&m, "es-data@1.service").desired,
+        DesiredState::Launched,
+        "two of three masters are a quorum; the third is not waited for"
+    );
+    // The gate is for starting only: masters failing later stop no data node.
+    let mut failed = sim.view.states[&sim.machine_of("es-master@1.service")][&name("es-master@1.service")].clone();
+    failed.active = "failed".into();
+    for n in ["es-master@1.service", "es-master@3.service"] {
+        let mm = sim.machine_of(n);
+        sim.view.states.get_mut(&mm).unwrap().insert(name(n), failed.clone());
+    }
+    sim.step();
+    assert_eq!(sim.entry(&m, "es-data@1.service").desired, DesiredState::Launched);
+}

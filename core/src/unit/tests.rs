@@ -492,6 +492,24 @@ fn conflicts_and_start_after_are_globs() {
 }
 
 #[test]
+fn start_after_quorum_and_elasticsearch() {
+    let x = opts("StartAfter=logs-m@*.service\nStartAfterQuorum=yes\nElasticsearch=logs\n");
+    assert!(x.start_after_quorum);
+    assert_eq!(x.elasticsearch.as_deref(), Some("logs"));
+    assert!(!opts("StartAfter=a.service\n").start_after_quorum);
+    let e = err("StartAfterQuorum=true\n");
+    assert!(e.contains("this unit has no StartAfter="), "{e}");
+    let e = err("StartAfter=a.service\nStartAfterQuorum=most\n");
+    assert!(e.contains("is not a boolean"), "{e}");
+    for bad in ["Logs", "1logs", "logs-1", "toolongname", "l_s"] {
+        let e = err(&format!("Elasticsearch={bad}\n"));
+        assert!(e.contains("not an Elasticsearch cluster name"), "{bad}: {e}");
+    }
+    let e = err("Global=true\nElasticsearch=logs\n");
+    assert!(e.contains("never one per machine"), "{e}");
+}
+
+#[test]
 fn global_takes_systemd_booleans() {
     for v in ["1", "yes", "y", "true", "t", "on", "YES", "True"] {
         assert!(opts(&format!("Global={v}\n")).global, "{v}");
@@ -941,9 +959,11 @@ fn fragment() -> impl Strategy<Value = String> {
             "Group",
             "Resources",
             "StartAfter",
+            "StartAfterQuorum",
             "HealthCheck",
             "MaxUnavailable",
             "Fence",
+            "Elasticsearch",
             "X-Conflicts",
             "Description",
         ])

@@ -78,13 +78,15 @@ enum Opt {
     Group,
     Resources,
     StartAfter,
+    StartAfterQuorum,
     HealthCheck,
     MaxUnavailable,
     Fence,
+    Elasticsearch,
 }
 
 /// Every option in the order errors and docs list them.
-const OPTS: [Opt; 14] = [
+const OPTS: [Opt; 16] = [
     Opt::MachineId,
     Opt::MachineOf,
     Opt::MachineMetadata,
@@ -96,9 +98,11 @@ const OPTS: [Opt; 14] = [
     Opt::Group,
     Opt::Resources,
     Opt::StartAfter,
+    Opt::StartAfterQuorum,
     Opt::HealthCheck,
     Opt::MaxUnavailable,
     Opt::Fence,
+    Opt::Elasticsearch,
 ];
 
 /// fleet's deprecated spellings, which fleet accepted and so do we.
@@ -123,6 +127,8 @@ impl Opt {
             Opt::Group => "Group",
             Opt::Resources => "Resources",
             Opt::StartAfter => "StartAfter",
+            Opt::StartAfterQuorum => "StartAfterQuorum",
+            Opt::Elasticsearch => "Elasticsearch",
             Opt::HealthCheck => "HealthCheck",
             Opt::MaxUnavailable => "MaxUnavailable",
             Opt::Fence => "Fence",
@@ -137,7 +143,7 @@ impl Opt {
 }
 
 /// Pairs that cannot be given together, and why.
-const COMBINATIONS: [(Opt, Opt, &str); 10] = [
+const COMBINATIONS: [(Opt, Opt, &str); 11] = [
     (
         Opt::MachineId,
         Opt::MachineOf,
@@ -182,6 +188,11 @@ const COMBINATIONS: [(Opt, Opt, &str); 10] = [
         Opt::Global,
         Opt::SpreadBy,
         "a global unit runs once on every matching machine, so there is nothing to spread",
+    ),
+    (
+        Opt::Global,
+        Opt::Elasticsearch,
+        "an Elasticsearch node is one instance of a role (esfleet es apply), never one per machine",
     ),
     (
         Opt::Global,
@@ -306,6 +317,18 @@ pub fn parse_options(name: &UnitName, file: &UnitFile) -> Result<XFleet, Options
         for glob in ctx.globs(r)? {
             push_unique(&mut x.start_after, glob);
         }
+    }
+    if let Some(r) = get(Opt::StartAfterQuorum).last() {
+        x.start_after_quorum = ctx.boolean(r)?;
+        if x.start_after_quorum && x.start_after.is_empty() {
+            return Err(ctx.bad(
+                r,
+                "StartAfterQuorum=true counts the units StartAfter= names, and this unit has no StartAfter=".into(),
+            ));
+        }
+    }
+    if let Some(r) = get(Opt::Elasticsearch).last() {
+        x.elasticsearch = Some(ctx.es_cluster(r)?);
     }
     if let Some(r) = get(Opt::HealthCheck).last() {
         x.health_check = ctx.health_check(r)?;
@@ -503,6 +526,24 @@ impl Ctx<'_> {
             out.push(w);
         }
         Ok(out)
+    }
+
+    /// `Elasticsearch=<cluster>`: a cluster name as `esfleet es apply` allows it.
+    fn es_cluster(&self, r: &Raw<'_>) -> Result<String, OptionsError> {
+        let v = self.expand(r)?;
+        let ok = v.len() <= 8
+            && v.starts_with(|c: char| c.is_ascii_lowercase())
+            && v.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        if !ok {
+            return Err(self.bad(
+                r,
+                format!(
+                    "{v:?} is not an Elasticsearch cluster name esfleet accepts: a lowercase letter, then \
+                     lowercase letters or digits, at most 8 in all (node names must fit systemd's 11-character limit)"
+                ),
+            ));
+        }
+        Ok(v)
     }
 
     fn boolean(&self, r: &Raw<'_>) -> Result<bool, OptionsError> {
