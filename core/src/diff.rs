@@ -10,6 +10,12 @@
 //! on: [`check_entry`] (every schedule entry is validated where it is acted on, DESIGN.md
 //! decision 9), [`dropin`] (the placement facts as quoted `Environment=` lines) and
 //! [`fence_stops`] (which units a fenced agent stops, decision 5).
+//!
+//! A unit's config files ([`ScheduleEntry::files`], e.g. an Elasticsearch node's
+//! `elasticsearch.yml`) are not unit files: writing them is a task of its own
+//! ([`Task::WriteFiles`]), done before the unit starts, and a change of those files alone
+//! neither reloads systemd nor restarts the unit (Elasticsearch re-reads its seed-hosts
+//! file itself; other settings apply at its next restart).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -19,6 +25,19 @@ use crate::options::Fence;
 
 /// The largest unit file the agent writes (the same limit as the unit-file parser's).
 pub const MAX_UNIT_FILE_BYTES: usize = 256 * 1024;
+
+/// The most config files one entry may carry.
+pub const MAX_CONFIG_FILES: usize = 16;
+
+/// The most bytes an entry's config files may hold together.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
+
+/// The longest config file name.
+pub const MAX_CONFIG_FILE_NAME: usize = 64;
+
+/// The variable that tells a unit where its config files are (set by the agent when the
+/// entry has files).
+pub const CONFIG_DIR_ENV: &str = "ESFLEET_CONFIG_DIR";
 
 /// One thing the agent asks of systemd, through its `UnitManager`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,7 +53,15 @@ pub enum Task {
         text: String,
         dropin: String,
     },
-    /// systemd's daemon-reload; emitted once, only when files were written or removed.
+    /// Write the unit's config files into its config directory, and remove those of its
+    /// files the map no longer has. Never followed by a reload or restart of its own.
+    WriteFiles {
+        unit: UnitName,
+        files: BTreeMap<String, String>,
+    },
+    /// Remove the unit's config directory.
+    RemoveFiles(UnitName),
+    /// systemd's daemon-reload; emitted once, only when unit files were written or removed.
     Reload,
     Enable(UnitName),
     Start(UnitName),
@@ -52,8 +79,9 @@ impl Task {
             | Task::Uninstall(u)
             | Task::Enable(u)
             | Task::Start(u)
-            | Task::Restart(u) => Some(u),
-            Task::Install { unit, .. } => Some(unit),
+            | Task::Restart(u)
+            | Task::RemoveFiles(u) => Some(u),
+            Task::Install { unit, .. } | Task::WriteFiles { unit, .. } => Some(unit),
             Task::Reload => None,
         }
     }
@@ -82,6 +110,25 @@ pub struct Actual {
     /// unit in this set that is not running has stopped or crashed on its own: systemd's
     /// `Restart=` decides about it, and the agent only reports it.
     pub started: BTreeSet<UnitName>,
+    /// Units whose config directory the agent wrote: the [`files_hash`] of what it wrote,
+    /// or `None` when the directory was found on disk (an agent restart) and its content is
+    /// not known (then it is compared with the entry and rewritten where it differs).
+    pub files: BTreeMap<UnitName, Option<String>>,
+}
+
+/// A digest of a set of config files (names and contents), to tell whether what the agent
+/// wrote is what an entry wants.
+pub fn files_hash(files: &BTreeMap<String, String>) -> String {
+    let mut canon = String::new();
+    for (name, text) in files {
+        // Names have no newline, and the length delimits the text: unambiguous.
+        canon.push_str(name);
+        canon.push('\n');
+        canon.push_str(&text.len().to_string());
+        canon.push('\n');
+        canon.push_str(text);
+    }
+    unit_hash(&canon)
 }
 
 /// Running, or on its way there: `active`, `activating` or `reloading`.
@@ -95,13 +142,16 @@ fn maybe_up(active: Option<&String>) -> bool {
 }
 
 /// The tasks that bring `actual` to `desired`, in the order they must run:
-/// stops, disables, reset-failed and uninstalls of what goes; installs; one reload when
-/// any file changed; enables; starts and restarts. Within each step, units in name order.
+/// stops, disables, reset-failed and uninstalls of what goes; removals of config
+/// directories; config file writes; installs; one reload when any unit file changed;
+/// enables; starts and restarts. Within each step, units in name order.
 pub fn diff(desired: &BTreeMap<UnitName, ScheduleEntry>, actual: &Actual) -> Vec<Task> {
     let mut stop = Vec::new();
     let mut disable = Vec::new();
     let mut reset = Vec::new();
     let mut uninstall = Vec::new();
+    let mut remove_files = Vec::new();
+    let mut write_files = Vec::new();
     let mut install = Vec::new();
     let mut enable = Vec::new();
     let mut run = Vec::new();
@@ -119,8 +169,27 @@ pub fn diff(desired: &BTreeMap<UnitName, ScheduleEntry>, actual: &Actual) -> Vec
         reset.push(Task::ResetFailed(name.clone()));
         uninstall.push(Task::Uninstall(name.clone()));
     }
+    for name in actual.files.keys() {
+        if !desired.contains_key(name) {
+            remove_files.push(Task::RemoveFiles(name.clone()));
+        }
+    }
 
     for (name, entry) in desired {
+        // Config files first: a unit (re)started below must find them in place. A change
+        // of the files alone is not a change of the unit: no reload, no restart.
+        let written = actual.files.get(name);
+        if entry.files.is_empty() {
+            if written.is_some() {
+                remove_files.push(Task::RemoveFiles(name.clone()));
+            }
+        } else if written.is_none_or(|h| h.as_deref() != Some(files_hash(&entry.files).as_str())) {
+            write_files.push(Task::WriteFiles {
+                unit: name.clone(),
+                files: entry.files.clone(),
+            });
+        }
+
         let drop = dropin(entry);
         let inst = actual.installed.get(name);
         let current = inst.is_some_and(|i| i.hash.as_deref() == Some(entry.hash.as_str()) && i.dropin == drop);
@@ -154,11 +223,14 @@ pub fn diff(desired: &BTreeMap<UnitName, ScheduleEntry>, actual: &Actual) -> Vec
     // Stops of removed and of merely-loaded units interleave by name.
     stop.sort_by(|a, b| a.unit().cmp(&b.unit()));
     disable.sort_by(|a, b| a.unit().cmp(&b.unit()));
+    remove_files.sort_by(|a, b| a.unit().cmp(&b.unit()));
     let files_change = !install.is_empty() || !uninstall.is_empty();
     let mut tasks = stop;
     tasks.extend(disable);
     tasks.extend(reset);
     tasks.extend(uninstall);
+    tasks.extend(remove_files);
+    tasks.extend(write_files);
     tasks.extend(install);
     if files_change {
         tasks.push(Task::Reload);
@@ -204,12 +276,26 @@ pub enum EntryError {
     BadEnvName { unit: String, key: String },
     #[error("the entry for {unit} sets {key} to a value with a newline or control character; such values cannot be written to a drop-in")]
     BadEnvValue { unit: String, key: String },
+    #[error(
+        "the entry for {unit} has a config file named {file:?}; a config file name must match \
+         [A-Za-z0-9][A-Za-z0-9._-]{{0,63}} (a plain file name: no path, no leading dot)"
+    )]
+    BadFileName { unit: String, file: String },
+    #[error("the entry for {unit} has {count} config files; the limit is {MAX_CONFIG_FILES}")]
+    TooManyFiles { unit: String, count: usize },
+    #[error(
+        "the config files of {unit} hold {len} bytes together (the largest is {largest:?}); \
+         the limit is {MAX_CONFIG_BYTES} bytes (1 MiB)"
+    )]
+    FilesTooLarge { unit: String, len: usize, largest: String },
 }
 
 /// Checks a schedule entry found under `<schedule prefix><raw>`: the key names a valid
 /// unit, the value parses, names the same unit, its file is at most
-/// [`MAX_UNIT_FILE_BYTES`], its hash matches its text, and its environment can be written
-/// safely. Only an entry that passes reaches the disk.
+/// [`MAX_UNIT_FILE_BYTES`], its hash matches its text, its environment can be written
+/// safely, and its config files are at most [`MAX_CONFIG_FILES`] plain file names
+/// ([`valid_config_file_name`]) of at most [`MAX_CONFIG_BYTES`] together. Only an entry
+/// that passes reaches the disk.
 pub fn check_entry(raw: &str, value: &[u8]) -> Result<(UnitName, ScheduleEntry), EntryError> {
     let name = UnitName::new(raw).map_err(|source| EntryError::BadKeyName {
         raw: raw.to_string(),
@@ -256,7 +342,42 @@ pub fn check_entry(raw: &str, value: &[u8]) -> Result<(UnitName, ScheduleEntry),
             });
         }
     }
+    if let Some(bad) = entry.files.keys().find(|f| !valid_config_file_name(f)) {
+        return Err(EntryError::BadFileName {
+            unit: raw.to_string(),
+            file: bad.clone(),
+        });
+    }
+    if entry.files.len() > MAX_CONFIG_FILES {
+        return Err(EntryError::TooManyFiles {
+            unit: raw.to_string(),
+            count: entry.files.len(),
+        });
+    }
+    let len: usize = entry.files.values().map(String::len).sum();
+    if len > MAX_CONFIG_BYTES {
+        let largest = entry
+            .files
+            .iter()
+            .max_by_key(|(_, text)| text.len())
+            .map(|(f, _)| f.clone())
+            .unwrap_or_default();
+        return Err(EntryError::FilesTooLarge {
+            unit: raw.to_string(),
+            len,
+            largest,
+        });
+    }
     Ok((name, entry))
+}
+
+/// A config file name the agent writes: `[A-Za-z0-9][A-Za-z0-9._-]{0,63}`. So never empty,
+/// `.`, `..`, hidden, or a path.
+pub fn valid_config_file_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= MAX_CONFIG_FILE_NAME
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
 }
 
 fn valid_env_name(key: &str) -> bool {
@@ -627,5 +748,175 @@ mod tests {
         let mut bad = a;
         bad.desired = DesiredState::Inactive;
         assert!(matches!(err("a.service", &json(&bad)), EntryError::Inactive { .. }));
+    }
+
+    fn with_files(mut e: ScheduleEntry, files: &[(&str, &str)]) -> ScheduleEntry {
+        e.files = files.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect();
+        e
+    }
+
+    fn write(e: &ScheduleEntry) -> Task {
+        Task::WriteFiles {
+            unit: e.unit.clone(),
+            files: e.files.clone(),
+        }
+    }
+
+    #[test]
+    fn config_files_are_written_before_the_unit_starts() {
+        let a = with_files(
+            entry("es.service", TEXT, DesiredState::Launched),
+            &[
+                ("elasticsearch.yml", "a: 1\n"),
+                ("unicast_hosts.txt", "10.0.0.1:9300\n"),
+            ],
+        );
+        assert_eq!(
+            diff(&desired(std::slice::from_ref(&a)), &Actual::default()),
+            vec![write(&a), install(&a), Task::Reload, Task::Start(n("es.service"))]
+        );
+        // Written and running: nothing to do.
+        let mut actual = Actual::default();
+        have(&mut actual, &a, "active", true);
+        actual.files.insert(a.unit.clone(), Some(files_hash(&a.files)));
+        assert_eq!(diff(&desired(std::slice::from_ref(&a)), &actual), vec![]);
+    }
+
+    #[test]
+    fn a_files_only_change_rewrites_without_reload_or_restart() {
+        let old = with_files(
+            entry("es.service", TEXT, DesiredState::Launched),
+            &[
+                ("elasticsearch.yml", "a: 1\n"),
+                ("unicast_hosts.txt", "10.0.0.1:9300\n"),
+            ],
+        );
+        let mut actual = Actual::default();
+        have(&mut actual, &old, "active", true);
+        actual.files.insert(old.unit.clone(), Some(files_hash(&old.files)));
+        let new = with_files(
+            old.clone(),
+            &[
+                ("elasticsearch.yml", "a: 1\n"),
+                ("unicast_hosts.txt", "10.0.0.2:9300\n"),
+            ],
+        );
+        assert_eq!(diff(&desired(std::slice::from_ref(&new)), &actual), vec![write(&new)]);
+        // A file dropped from the map: the same task (it removes what the map lacks).
+        let fewer = with_files(old.clone(), &[("elasticsearch.yml", "a: 1\n")]);
+        assert_eq!(
+            diff(&desired(std::slice::from_ref(&fewer)), &actual),
+            vec![write(&fewer)]
+        );
+        // Found on disk after an agent restart, content unknown: compared and rewritten,
+        // still without a restart.
+        actual.files.insert(old.unit.clone(), None);
+        assert_eq!(diff(&desired(std::slice::from_ref(&old)), &actual), vec![write(&old)]);
+        // No files any more: the directory goes.
+        let none = with_files(old, &[]);
+        assert_eq!(
+            diff(&desired(std::slice::from_ref(&none)), &actual),
+            vec![Task::RemoveFiles(n("es.service"))]
+        );
+    }
+
+    #[test]
+    fn a_removed_unit_loses_its_config_directory_after_it_stopped() {
+        let a = with_files(entry("es.service", TEXT, DesiredState::Launched), &[("x.yml", "x\n")]);
+        let mut actual = Actual::default();
+        have(&mut actual, &a, "active", true);
+        actual.files.insert(a.unit.clone(), Some(files_hash(&a.files)));
+        // A directory left behind by a unit no longer installed goes too, without a reload.
+        actual.files.insert(n("old.service"), None);
+        assert_eq!(
+            diff(&BTreeMap::new(), &actual),
+            vec![
+                Task::Stop(n("es.service")),
+                Task::ResetFailed(n("es.service")),
+                Task::Uninstall(n("es.service")),
+                Task::RemoveFiles(n("es.service")),
+                Task::RemoveFiles(n("old.service")),
+                Task::Reload
+            ]
+        );
+        actual.installed.clear();
+        assert_eq!(diff(&BTreeMap::new(), &actual)[0], Task::RemoveFiles(n("es.service")));
+    }
+
+    #[test]
+    fn files_hash_tells_names_and_contents_apart() {
+        let f = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        };
+        let base = files_hash(&f(&[("a", "1"), ("b", "2")]));
+        assert_eq!(base, files_hash(&f(&[("b", "2"), ("a", "1")])));
+        assert_ne!(base, files_hash(&f(&[("a", "1"), ("b", "3")])));
+        assert_ne!(base, files_hash(&f(&[("a", "1"), ("c", "2")])));
+        assert_ne!(
+            files_hash(&f(&[("a", "1\nb\n12")])),
+            files_hash(&f(&[("a", "1"), ("b", "2")]))
+        );
+    }
+
+    #[test]
+    fn check_entry_refuses_hostile_config_files() {
+        let good = with_files(
+            entry("es.service", TEXT, DesiredState::Launched),
+            &[
+                ("elasticsearch.yml", "a: 1\n"),
+                ("unicast_hosts.txt", ""),
+                ("jvm.options.d-1_x", ""),
+            ],
+        );
+        assert!(check_entry("es.service", &json(&good)).is_ok());
+        for name in [
+            "../x", "a/b", ".", "..", "", ".hidden", "-x", "_x", "a b", "a\nb", "é.yml", "a\\b",
+        ] {
+            let bad = with_files(good.clone(), &[(name, "x")]);
+            match check_entry("es.service", &json(&bad)) {
+                Err(e @ EntryError::BadFileName { .. }) => {
+                    let msg = e.to_string();
+                    assert!(
+                        msg.contains("es.service") && msg.contains(&format!("{name:?}")),
+                        "{msg}"
+                    );
+                }
+                other => panic!("{name:?}: {other:?}"),
+            }
+        }
+        let long = "a".repeat(MAX_CONFIG_FILE_NAME + 1);
+        assert!(matches!(
+            check_entry("es.service", &json(&with_files(good.clone(), &[(&long, "")]))),
+            Err(EntryError::BadFileName { .. })
+        ));
+        let longest = "a".repeat(MAX_CONFIG_FILE_NAME);
+        assert!(check_entry("es.service", &json(&with_files(good.clone(), &[(&longest, "")]))).is_ok());
+
+        let names: Vec<String> = (0..=MAX_CONFIG_FILES).map(|i| format!("f{i}")).collect();
+        let mut many = good.clone();
+        many.files = names.iter().map(|f| (f.clone(), String::new())).collect();
+        assert!(matches!(
+            check_entry("es.service", &json(&many)),
+            Err(EntryError::TooManyFiles { count: 17, .. })
+        ));
+        many.files.pop_last();
+        assert!(check_entry("es.service", &json(&many)).is_ok());
+
+        let half = "x".repeat(MAX_CONFIG_BYTES / 2);
+        let mut big = with_files(good.clone(), &[("a.yml", &half), ("b.yml", &half)]);
+        assert!(
+            check_entry("es.service", &json(&big)).is_ok(),
+            "exactly 1 MiB is allowed"
+        );
+        big.files.insert("c.yml".into(), "y".into());
+        let e = check_entry("es.service", &json(&big)).unwrap_err();
+        assert!(
+            matches!(&e, EntryError::FilesTooLarge { len, .. } if *len == MAX_CONFIG_BYTES + 1),
+            "{e:?}"
+        );
+        assert!(
+            e.to_string().contains("1 MiB") && e.to_string().contains("es.service"),
+            "{e}"
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! - [`model`]: the records stored under `/esfleet/`, and [`keys`]: where.
 //! - [`schedule`]: `schedule(&ClusterView, &Config) -> Plan`.
 //! - [`diff`]: the agent's `diff(desired, actual) -> Vec<Task>`.
+//! - [`es`]: Elasticsearch clusters: `cluster.toml`, generated units, rendered config.
 
 pub mod keys;
 pub mod model;
@@ -15,4 +16,5 @@ pub mod schedule;
 
 pub use name::UnitName;
 pub mod diff;
+pub mod es;
 pub mod unit;

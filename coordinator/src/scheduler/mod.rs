@@ -156,7 +156,7 @@ fn relevant(b: &WatchBatch) -> bool {
     b.resync
         || b.events.iter().any(|e| {
             let key = e.kv.as_ref().map(|kv| kv.key.as_ref()).unwrap_or_default();
-            [keys::UNITS, keys::MACHINES, keys::STATES, keys::DRAIN]
+            [keys::UNITS, keys::MACHINES, keys::STATES, keys::DRAIN, keys::ES]
                 .iter()
                 .any(|p| key.starts_with(p.as_bytes()))
         })
@@ -363,14 +363,15 @@ impl Leading {
     }
 }
 
-/// A plan chunk as a Txn that lands only if `epoch == term` and nothing under `units/` or
-/// `drain/` changed after `revision`; otherwise it reads the epoch (to tell why).
+/// A plan chunk as a Txn that lands only if `epoch == term` and nothing under `units/`,
+/// `drain/` or `es/` changed after `revision`; otherwise it reads the epoch (to tell why).
 pub fn guarded(term: u64, revision: i64, ops: Vec<pb::RequestOp>) -> pb::TxnRequest {
     pb::TxnRequest {
         compare: vec![
             txn::value_is(keys::SCHEDULER_EPOCH, encode_epoch(term)),
             txn::prefix_unchanged_since(keys::UNITS, revision),
             txn::prefix_unchanged_since(keys::DRAIN, revision),
+            txn::prefix_unchanged_since(keys::ES, revision),
         ],
         success: ops,
         failure: vec![txn::get(keys::SCHEDULER_EPOCH)],
@@ -401,6 +402,7 @@ pub fn build_view(snap: &StoreSnapshot, suspect: BTreeSet<String>, avoid: BTreeS
         placements: snap.placements.clone(),
         states: snap.states.clone(),
         avoid,
+        es: snap.es.clone(),
     }
 }
 
@@ -434,6 +436,17 @@ pub fn plan_ops(snap: &StoreSnapshot, plan: &Plan) -> Vec<pb::RequestOp> {
     for unit in snap.unplaceable.keys() {
         if !plan.unplaceable.contains_key(unit) {
             ops.push(txn::delete(&keys::unplaceable(unit)));
+        }
+    }
+    // Last: a write under es/ makes every later chunk's guard fail, and chunks go in order.
+    for c in &plan.es_bootstrapped {
+        if let Some(rec) = snap.es.get(c) {
+            let rec = esfleet_core::es::ClusterRecord {
+                bootstrapped: true,
+                ..rec.clone()
+            };
+            let value = serde_json::to_vec(&rec).expect("a cluster record serializes");
+            ops.push(txn::put(&keys::es_cluster(c), value));
         }
     }
     ops

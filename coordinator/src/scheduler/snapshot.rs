@@ -31,6 +31,9 @@ pub struct StoreSnapshot {
     pub unplaceable: BTreeMap<UnitName, String>,
     /// The scheduler epoch (a Raft term), when one was written.
     pub epoch: Option<u64>,
+    /// Elasticsearch cluster definitions, by name, and each key's mod_revision.
+    pub es: BTreeMap<String, esfleet_core::es::ClusterRecord>,
+    pub es_revisions: BTreeMap<String, i64>,
     /// Keys that could not be parsed, with why.
     pub skipped: Vec<(String, String)>,
 }
@@ -117,6 +120,19 @@ impl StoreSnapshot {
             let unit = unit_name(unit)?;
             self.unplaceable
                 .insert(unit, String::from_utf8_lossy(&kv.value).into_owned());
+        } else if let Some(name) = key.strip_prefix(keys::ES) {
+            let rec: esfleet_core::es::ClusterRecord = json(&kv.value)?;
+            if rec.spec.name != name {
+                return Err(format!(
+                    "record names Elasticsearch cluster {} but sits at the key of {name}",
+                    rec.spec.name
+                ));
+            }
+            rec.spec
+                .validate()
+                .map_err(|e| format!("not a valid Elasticsearch cluster: {e}"))?;
+            self.es_revisions.insert(name.to_string(), kv.mod_revision);
+            self.es.insert(name.to_string(), rec);
         } else if key == keys::SCHEDULER_EPOCH {
             self.epoch = Some(decode_epoch(&kv.value).ok_or("not a number")?);
         }

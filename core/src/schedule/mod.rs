@@ -9,6 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::model::{MachineRecord, ScheduleEntry, UnitRecord, UnitState};
 use crate::name::UnitName;
 
+#[cfg(test)]
+mod es_tests;
 mod globs;
 mod pass;
 #[cfg(test)]
@@ -40,6 +42,8 @@ pub struct ClusterView {
     /// (unit, machine) pairs where the unit failed too often: move it off and never back
     /// while the pair is listed.
     pub avoid: BTreeSet<(UnitName, String)>,
+    /// Elasticsearch cluster definitions (`es/<name>`), by name.
+    pub es: BTreeMap<String, crate::es::ClusterRecord>,
 }
 
 /// Scheduler settings (none yet beyond the defaults; kept so callers pass one place).
@@ -61,11 +65,15 @@ pub enum Action {
 pub struct Plan {
     pub actions: Vec<Action>,
     pub unplaceable: BTreeMap<UnitName, String>,
+    /// Elasticsearch clusters whose masters have formed the cluster: mark them
+    /// bootstrapped (their records' `bootstrapped` becomes true).
+    #[serde(default)]
+    pub es_bootstrapped: BTreeSet<String>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty()
+        self.actions.is_empty() && self.es_bootstrapped.is_empty()
     }
 }
 
@@ -82,6 +90,11 @@ pub fn schedule(view: &ClusterView, cfg: &Config) -> Plan {
 
 /// Applies `plan`'s actions to `view.placements`, as the coordinator's Txn does to the store.
 pub fn apply(view: &mut ClusterView, plan: &Plan) {
+    for c in &plan.es_bootstrapped {
+        if let Some(rec) = view.es.get_mut(c) {
+            rec.bootstrapped = true;
+        }
+    }
     for action in &plan.actions {
         match action {
             Action::Put { machine, entry } => {

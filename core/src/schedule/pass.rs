@@ -67,6 +67,8 @@ pub(super) struct Machine<'a> {
     pub id: &'a str,
     pub state: MState,
     pub cap: Res,
+    /// Why the machine fails Elasticsearch's bootstrap checks (`None`: it passes).
+    pub es_unfit: Option<String>,
 }
 
 /// One `MachineMetadata=` condition with its values interned (`u32::MAX`: no machine has it).
@@ -103,6 +105,9 @@ pub(super) struct Unit<'a> {
     pub avoid: Vec<Mid>,
     pub depth: u32,
     pub max_unavailable: u32,
+    /// `Elasticsearch=`: the node this unit is in its cluster (placed only on machines that
+    /// pass the bootstrap checks; its config files are rendered from its placement).
+    pub es: Option<(&'a crate::es::ClusterRecord, crate::es::Node)>,
 }
 
 /// A placement as this pass leaves it.
@@ -225,7 +230,13 @@ impl<'a> Pass<'a> {
                 mem: r.facts.memory_bytes,
                 disk: r.facts.disk_free_bytes,
             });
-            machines.push(Machine { id, state, cap });
+            let es_unfit = rec.and_then(|r| crate::es::bootstrap_check(&r.facts).err());
+            machines.push(Machine {
+                id,
+                state,
+                cap,
+                es_unfit,
+            });
             recs.push(rec);
         }
         let mid: HashMap<&str, Mid> = machines.iter().enumerate().map(|(i, m)| (m.id, i)).collect();
@@ -382,6 +393,28 @@ impl<'a> Pass<'a> {
                 Some(&m) if pass.machines[m].state != MState::Lost => Some(m),
                 _ => None,
             });
+            let es = match &o.elasticsearch {
+                None => None,
+                Some(cluster) => match view.es.get(cluster) {
+                    None => {
+                        bad.get_or_insert(format!(
+                            "Elasticsearch={cluster}, but no Elasticsearch cluster {cluster} is defined (esfleet es apply)"
+                        ));
+                        None
+                    }
+                    Some(rec) => match crate::es::node_of(&rec.spec, name) {
+                        Some(node) => Some((rec, node)),
+                        None if name.is_template() => None,
+                        None => {
+                            bad.get_or_insert(format!(
+                                "Elasticsearch={cluster}, but {name} is not one of the cluster's nodes \
+                                 (esfleet es apply creates them)"
+                            ));
+                            None
+                        }
+                    },
+                },
+            };
             let r = o.resources;
             pass.units.push(Unit {
                 name,
@@ -406,6 +439,7 @@ impl<'a> Pass<'a> {
                 avoid: Vec::new(),
                 depth: 0,
                 max_unavailable: o.max_unavailable.max(1),
+                es,
             });
         }
         pass.unavailable = vec![0; pass.groups.len()];
@@ -660,6 +694,12 @@ impl<'a> Pass<'a> {
             .all(|&(kid, max, slot)| self.counts[slot][self.attr[kid][m] as usize] < max)
     }
 
+    /// Host checks a unit needs of a machine it is newly placed on (a running unit is never
+    /// moved for them: a fact read wrongly once must not move an Elasticsearch node).
+    pub(super) fn host_ok(&self, u: Uid, m: Mid) -> bool {
+        self.units[u].rec.options.elasticsearch.is_none() || self.machines[m].es_unfit.is_none()
+    }
+
     pub(super) fn fits(&self, u: Uid, m: Mid) -> bool {
         let req = self.units[u].res;
         if req.is_zero() {
@@ -852,6 +892,7 @@ impl<'a> Pass<'a> {
                 self.vacate(v, m, place.counted);
                 let ok = self.units[u].leaders.iter().all(|&l| self.primary(l) == Some(m))
                     && self.static_ok(u, m)
+                    && self.host_ok(u, m)
                     && self.distinct_ok(u, m)
                     && self.fits(u, m)
                     && self.conflict_on(u, m).is_none();
@@ -886,6 +927,7 @@ impl<'a> Pass<'a> {
                 }
                 if self.meta_ok(u, m)
                     && !self.units[u].avoid.contains(&m)
+                    && self.host_ok(u, m)
                     && self.fits(u, m)
                     && self.conflict_on(u, m).is_none()
                 {
@@ -986,6 +1028,7 @@ impl<'a> Pass<'a> {
         for m in range {
             if self.machines[m].state != MState::Ready
                 || !self.static_ok(u, m)
+                || !self.host_ok(u, m)
                 || !self.distinct_ok(u, m)
                 || !self.fits(u, m)
             {
@@ -1068,6 +1111,52 @@ impl<'a> Pass<'a> {
         moved
     }
 
+    /// The transport addresses of an Elasticsearch cluster's master nodes as this pass
+    /// places them (a master mid-drain is listed at both machines), sorted.
+    fn master_addrs(&self, cluster: &str) -> Vec<crate::es::MasterAddr> {
+        let mut out = Vec::new();
+        for (u, unit) in self.units.iter().enumerate() {
+            let Some((rec, node)) = &unit.es else { continue };
+            if rec.spec.name != cluster || node.role != crate::es::Role::Master || !unit.wanted {
+                continue;
+            }
+            for p in &self.placed[u] {
+                if let Some(m) = self.view.machines.get(self.machines[p.m].id) {
+                    out.push(crate::es::MasterAddr {
+                        node: node.name.clone(),
+                        address: m.address.clone(),
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.address, &a.node).cmp(&(&b.address, &b.node)));
+        out
+    }
+
+    /// Clusters not yet marked bootstrapped whose masters formed a cluster: a majority of
+    /// the spec's masters report healthy (their check answers only with an elected master).
+    /// From then on `cluster.initial_master_nodes` is left out of every node's config, so a
+    /// master recreated with an empty data dir joins the cluster instead of founding another.
+    fn es_bootstrapped(&self) -> BTreeSet<String> {
+        let mut healthy: BTreeMap<&str, u32> = BTreeMap::new();
+        for (u, unit) in self.units.iter().enumerate() {
+            let Some((rec, node)) = &unit.es else { continue };
+            if rec.bootstrapped || node.role != crate::es::Role::Master {
+                continue;
+            }
+            let up = self.placed[u].iter().any(|p| {
+                self.state_of(u, p.m)
+                    .is_some_and(|s| s.is_active() && s.generation == p.gen && s.healthy == Some(true))
+            });
+            *healthy.entry(rec.spec.name.as_str()).or_default() += u32::from(up);
+        }
+        healthy
+            .into_iter()
+            .filter(|(c, n)| self.view.es.get(*c).is_some_and(|r| *n > r.spec.master.count / 2))
+            .map(|(c, _)| c.to_string())
+            .collect()
+    }
+
     /// Phase 5: every placement's entry; a Put where it is new or differs.
     fn finish(mut self) -> Plan {
         let active: Vec<bool> = (0..self.units.len())
@@ -1078,6 +1167,8 @@ impl<'a> Pass<'a> {
                         .any(|p| self.state_of(u, p.m).is_some_and(|s| s.is_active()))
             })
             .collect();
+        let boot = self.es_bootstrapped();
+        let mut masters: HashMap<&str, Vec<crate::es::MasterAddr>> = HashMap::new();
         // Per StartAfter= set: (wanted units matching it, of which active).
         let mut counts: HashMap<SetId, (u32, u32)> = HashMap::new();
         for u in 0..self.units.len() {
@@ -1120,9 +1211,31 @@ impl<'a> Pass<'a> {
                     other => other,
                 };
                 let machine = self.machines[p.m].id;
-                let env = match self.view.machines.get(machine) {
-                    Some(rec) => placement_env(rec, p.gen),
-                    None => p.old.map(|o| o.env.clone()).unwrap_or_default(),
+                let (env, files) = match self.view.machines.get(machine) {
+                    Some(rec) => {
+                        let files = match &unit.es {
+                            Some((stored, node)) => {
+                                let stored: &'a crate::es::ClusterRecord = stored;
+                                let name = stored.spec.name.as_str();
+                                let masters = masters.entry(name).or_insert_with(|| self.master_addrs(name));
+                                if !stored.bootstrapped && boot.contains(name) {
+                                    // Marked bootstrapped by this very plan: render as such
+                                    // now, so applying the plan leaves nothing for the next pass.
+                                    let marked = crate::es::ClusterRecord {
+                                        bootstrapped: true,
+                                        ..stored.clone()
+                                    };
+                                    crate::es::render_files(&marked, node, rec, p.gen, masters)
+                                } else {
+                                    crate::es::render_files(stored, node, rec, p.gen, masters)
+                                }
+                            }
+                            None => BTreeMap::new(),
+                        };
+                        (placement_env(rec, p.gen), files)
+                    }
+                    // A suspect machine keeps what it was given.
+                    None => p.old.map(|o| (o.env.clone(), o.files.clone())).unwrap_or_default(),
                 };
                 let rec = unit.rec;
                 let same = p.old.is_some_and(|o| {
@@ -1134,6 +1247,7 @@ impl<'a> Pass<'a> {
                         && o.fence == rec.options.fence
                         && o.enable == rec.has_install
                         && o.env == env
+                        && o.files == files
                 });
                 if !same {
                     let entry = ScheduleEntry {
@@ -1145,7 +1259,7 @@ impl<'a> Pass<'a> {
                         fence: rec.options.fence,
                         enable: rec.has_install,
                         env,
-                        files: BTreeMap::new(),
+                        files,
                     };
                     self.actions.push(Action::Put {
                         machine: machine.to_string(),
@@ -1175,6 +1289,7 @@ impl<'a> Pass<'a> {
         Plan {
             actions,
             unplaceable: self.unplaceable,
+            es_bootstrapped: boot,
         }
     }
 }

@@ -196,9 +196,49 @@ impl Pass<'_> {
             return format!("conflicts with {} {every}", list(conflicting));
         }
 
-        let fitting: Vec<Mid> = free.iter().copied().filter(|&m| self.fits(u, m)).collect();
+        let checked: Vec<Mid> = free.iter().copied().filter(|&m| self.host_ok(u, m)).collect();
+        if checked.is_empty() {
+            let why: Vec<String> = free
+                .iter()
+                .map(|&m| {
+                    let why = self.machines[m]
+                        .es_unfit
+                        .as_deref()
+                        .unwrap_or("its facts are not reported");
+                    format!("{}: {why}", self.machines[m].id)
+                })
+                .collect();
+            let every = if free.len() == 1 {
+                "the only eligible machine fails"
+            } else {
+                "no eligible machine passes"
+            };
+            return format!("{every} Elasticsearch's bootstrap checks ({})", list(why));
+        }
+        let reason = self.capacity_reason(u, &checked);
+        let failing: Vec<String> = free
+            .iter()
+            .filter_map(|&m| {
+                let why = self.machines[m].es_unfit.as_deref()?;
+                (!self.host_ok(u, m)).then(|| format!("{}: {why}", self.machines[m].id))
+            })
+            .collect();
+        if failing.is_empty() {
+            reason
+        } else {
+            format!(
+                "{reason}; {} more machine(s) fail Elasticsearch's bootstrap checks ({})",
+                failing.len(),
+                list(failing)
+            )
+        }
+    }
+
+    /// Resources, then DistinctBy, over the machines every earlier filter left.
+    fn capacity_reason(&self, u: Uid, checked: &[Mid]) -> String {
+        let fitting: Vec<Mid> = checked.iter().copied().filter(|&m| self.fits(u, m)).collect();
         if fitting.is_empty() {
-            return self.resources_reason(u, &free);
+            return self.resources_reason(u, checked);
         }
 
         let distinct: Vec<Mid> = fitting.iter().copied().filter(|&m| self.distinct_ok(u, m)).collect();

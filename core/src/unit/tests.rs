@@ -862,7 +862,9 @@ fn units_directory_validates() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         let file = path.file_name().unwrap().to_str().unwrap().to_string();
-        if file.ends_with(".md") {
+        // units/es/ holds `esfleet es apply`'s example and its generated units, checked by
+        // core/src/es/tests.rs.
+        if file.ends_with(".md") || path.is_dir() {
             continue;
         }
         let text = std::fs::read_to_string(&path).unwrap();
