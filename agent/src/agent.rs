@@ -28,6 +28,7 @@ use tokio::time::{sleep, sleep_until, Instant};
 
 use crate::client::{Client, ClientError, Watch};
 use crate::config::Config;
+use crate::configfiles::ConfigRoot;
 use crate::health::Health;
 use crate::inspect::{AgentService, Commands};
 use crate::manager::UnitManager;
@@ -116,7 +117,11 @@ fn start_inner<M: UnitManager>(
     commands: Commands,
     channels: Option<Vec<tonic::transport::Channel>>,
 ) -> Running<M> {
-    let shared = Shared::new(manager);
+    if let Some(want) = cfg.set_max_map_count {
+        // Before the machine record is built, so the facts report the new value.
+        crate::facts::ensure_max_map_count(want);
+    }
+    let shared = Shared::new(manager, ConfigRoot::new(cfg.config_root.clone()));
     let record = serde_json::to_string(&machine_record(&cfg)).expect("a MachineRecord always serializes");
     let timeout = cfg.timing.request_timeout;
     let client = |endpoints: Vec<String>| match &channels {
@@ -499,7 +504,8 @@ impl<M: UnitManager> Worker<M> {
     fn apply_put(&mut self, key: &str, value: &[u8]) {
         let raw = key.strip_prefix(&self.prefix).unwrap_or(key).to_string();
         match check_entry(&raw, value) {
-            Ok((name, entry)) => {
+            Ok((name, mut entry)) => {
+                self.shared.config_root().place(&mut entry);
                 self.refused.remove(&raw);
                 self.errors.remove(&name);
                 self.desired.insert(name, entry);

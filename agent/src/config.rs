@@ -35,6 +35,14 @@ pub struct Flags {
     /// Where unit files are written.
     #[arg(long, env = "ESFLEET_AGENT_UNIT_DIR", default_value = "/run/systemd/system")]
     pub unit_dir: PathBuf,
+    /// Where units' config files are written, one directory per unit: <config-root>/<unit>/
+    /// (the unit sees it as ESFLEET_CONFIG_DIR). An absolute path.
+    #[arg(long, env = "ESFLEET_AGENT_CONFIG_ROOT", default_value = crate::configfiles::DEFAULT_CONFIG_ROOT)]
+    pub config_root: PathBuf,
+    /// At start, raise vm.max_map_count to N if it is lower (Elasticsearch's bootstrap
+    /// check wants 262144). A failure is logged, not fatal.
+    #[arg(long, env = "ESFLEET_AGENT_SET_MAX_MAP_COUNT")]
+    pub set_max_map_count: Option<u64>,
     /// The filesystem whose free space is reported as the machine's disk.
     #[arg(long, env = "ESFLEET_AGENT_DATA_PATH", default_value = "/var/lib")]
     pub data_path: PathBuf,
@@ -80,6 +88,10 @@ pub struct Config {
     pub agent_endpoint: String,
     pub metadata: BTreeMap<String, String>,
     pub unit_dir: PathBuf,
+    /// Units' config directories go under it (`--config-root`; absolute, validated).
+    pub config_root: PathBuf,
+    /// Raise `vm.max_map_count` to this at start (`--set-max-map-count`).
+    pub set_max_map_count: Option<u64>,
     pub data_path: PathBuf,
     pub timing: Timing,
     pub stop_units_on_exit: bool,
@@ -214,6 +226,54 @@ pub fn parse_metadata(list: &str) -> Result<BTreeMap<String, String>, ConfigErro
     Ok(out)
 }
 
+/// Validates `--config-root`: an absolute path, not `/`, without `..`, of plain
+/// characters only (it reaches units as `ESFLEET_CONFIG_DIR`, which unit files use in
+/// command lines, so nothing that needs quoting). Returns it normalised (no `.`, no
+/// trailing or doubled `/`).
+pub fn validate_config_root(path: &std::path::Path) -> Result<PathBuf, ConfigError> {
+    use std::path::Component;
+    let shown = path.display();
+    if !path.is_absolute() {
+        return err(format!(
+            "--config-root {shown:?} is not an absolute path; give one such as {}",
+            crate::configfiles::DEFAULT_CONFIG_ROOT
+        ));
+    }
+    let mut out = PathBuf::from("/");
+    for c in path.components() {
+        match c {
+            Component::RootDir | Component::CurDir => {}
+            Component::ParentDir => {
+                return err(format!(
+                    "--config-root {shown:?} contains '..'; give the path without it"
+                ))
+            }
+            Component::Prefix(_) => return err(format!("--config-root {shown:?} is not a Unix path")),
+            Component::Normal(part) => {
+                let ok = part.to_str().is_some_and(|p| {
+                    p.chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '+' | '@'))
+                });
+                if !ok {
+                    return err(format!(
+                        "--config-root {shown:?}: {:?} has characters other than letters, digits, '.', '_', '-', '+', '@' \
+                         (the path reaches unit command lines as ESFLEET_CONFIG_DIR)",
+                        part.to_string_lossy()
+                    ));
+                }
+                out.push(part);
+            }
+        }
+    }
+    if out == std::path::Path::new("/") {
+        return err("--config-root must not be / itself; give a directory of its own, e.g. /etc/esfleet/units");
+    }
+    Ok(out)
+}
+
+/// The largest value `vm.max_map_count` takes (the kernel stores an int).
+pub const MAX_MAP_COUNT_LIMIT: u64 = i32::MAX as u64;
+
 /// Reads and validates a machine id file (systemd's `/etc/machine-id` format).
 pub fn read_machine_id(path: &std::path::Path) -> Result<String, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| {
@@ -263,6 +323,15 @@ impl Flags {
             request_timeout: self.keepalive_interval.max(Duration::from_millis(500)) * 2,
         }
         .validate()?;
+        let config_root = validate_config_root(&self.config_root)?;
+        if let Some(n) = self.set_max_map_count {
+            if n == 0 || n > MAX_MAP_COUNT_LIMIT {
+                return err(format!(
+                    "--set-max-map-count {n} must be between 1 and {MAX_MAP_COUNT_LIMIT} \
+                     (Elasticsearch's bootstrap check wants at least 262144)"
+                ));
+            }
+        }
         Ok(Config {
             endpoints,
             machine_id,
@@ -270,6 +339,8 @@ impl Flags {
             agent_endpoint,
             metadata,
             unit_dir: self.unit_dir,
+            config_root,
+            set_max_map_count: self.set_max_map_count,
             data_path: self.data_path,
             timing,
             stop_units_on_exit: self.stop_units_on_exit,
@@ -311,6 +382,48 @@ mod tests {
             ..Timing::default()
         };
         assert!(t.validate().is_err());
+    }
+
+    #[test]
+    fn config_root_rules() {
+        let ok = |s: &str| validate_config_root(std::path::Path::new(s)).map(|p| p.display().to_string());
+        assert_eq!(ok("/etc/esfleet/units").unwrap(), "/etc/esfleet/units");
+        assert_eq!(ok("/etc//esfleet/./units/").unwrap(), "/etc/esfleet/units");
+        assert!(ok("etc/esfleet").unwrap_err().0.contains("not an absolute path"));
+        assert!(ok("/etc/../tmp").unwrap_err().0.contains(".."));
+        assert!(ok("/").unwrap_err().0.contains("not be /"));
+        assert!(ok("/etc/my units").unwrap_err().0.contains("characters"));
+        assert!(ok("/etc/$HOME").unwrap_err().0.contains("characters"));
+    }
+
+    #[test]
+    fn flags_validate_the_new_options() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = dir.path().join("machine-id");
+        std::fs::write(&id, "0123456789abcdef0123456789abcdef\n").unwrap();
+        let parse = |extra: &[&str]| {
+            let mut args = vec![
+                "esfleet-agent",
+                "--machine-id-file",
+                id.to_str().unwrap(),
+                "--listen",
+                "127.0.0.1:2390",
+            ];
+            args.extend_from_slice(extra);
+            Flags::try_parse_from(args).unwrap().validate()
+        };
+        let cfg = parse(&[]).unwrap();
+        assert_eq!(cfg.config_root, PathBuf::from("/etc/esfleet/units"));
+        assert_eq!(cfg.set_max_map_count, None);
+        let cfg = parse(&["--config-root", "/srv/es/conf/", "--set-max-map-count", "262144"]).unwrap();
+        assert_eq!(cfg.config_root, PathBuf::from("/srv/es/conf"));
+        assert_eq!(cfg.set_max_map_count, Some(262_144));
+        assert!(parse(&["--config-root", "relative"])
+            .unwrap_err()
+            .0
+            .contains("--config-root"));
+        assert!(parse(&["--set-max-map-count", "0"]).unwrap_err().0.contains("262144"));
+        assert!(parse(&["--set-max-map-count", "4294967296"]).is_err());
     }
 
     #[test]

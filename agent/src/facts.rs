@@ -4,6 +4,10 @@
 //!
 //! Each fact is best effort: one that cannot be read is 0 (and logged at debug), never a
 //! reason not to register.
+//!
+//! Also host preparation: `--set-max-map-count` raises `vm.max_map_count` at start
+//! ([`ensure_max_map_count`]), before the facts are read, so Elasticsearch's bootstrap
+//! check passes and the machine record says so.
 
 use std::path::Path;
 
@@ -25,9 +29,70 @@ pub fn detect(data_path: &Path) -> HostFacts {
         cpus: std::thread::available_parallelism().map_or(0, |n| n.get() as u32),
         memory_bytes: read("/proc/meminfo").and_then(|t| meminfo_total(&t)).unwrap_or(0),
         disk_free_bytes: disk_free(data_path).unwrap_or(0),
-        max_map_count: read_u64("/proc/sys/vm/max_map_count"),
+        max_map_count: read_u64(MAX_MAP_COUNT_PATH),
         nofile_limit: nofile_limit(),
         threads_max: read_u64("/proc/sys/kernel/threads-max"),
+    }
+}
+
+/// `vm.max_map_count`.
+pub const MAX_MAP_COUNT_PATH: &str = "/proc/sys/vm/max_map_count";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SysctlError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} holds {text:?}, not a number")]
+    Parse { path: String, text: String },
+    #[error("cannot write {value} to {path}: {source} (the agent must run as root, outside a container whose /proc/sys is read-only)")]
+    Write {
+        path: String,
+        value: u64,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What [`raise_sysctl`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Raised {
+    /// The value was already at least the one asked for.
+    Already(u64),
+    /// Raised from the first value to the second.
+    From(u64, u64),
+}
+
+/// Raises the number in the sysctl file `path` to `want` if it is lower; never lowers it.
+pub fn raise_sysctl(path: &Path, want: u64) -> Result<Raised, SysctlError> {
+    let shown = || path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|source| SysctlError::Read { path: shown(), source })?;
+    let now: u64 = text.trim().parse().map_err(|_| SysctlError::Parse {
+        path: shown(),
+        text: text.trim().to_string(),
+    })?;
+    if now >= want {
+        return Ok(Raised::Already(now));
+    }
+    std::fs::write(path, format!("{want}\n")).map_err(|source| SysctlError::Write {
+        path: shown(),
+        value: want,
+        source,
+    })?;
+    Ok(Raised::From(now, want))
+}
+
+/// `--set-max-map-count`: raises `vm.max_map_count` to `want`, logging what happened. An
+/// error is logged, never fatal: the facts then show the old value and the scheduler
+/// keeps Elasticsearch off this host, with the reason.
+pub fn ensure_max_map_count(want: u64) {
+    match raise_sysctl(Path::new(MAX_MAP_COUNT_PATH), want) {
+        Ok(Raised::Already(now)) => tracing::info!(now, want, "vm.max_map_count is high enough"),
+        Ok(Raised::From(was, now)) => tracing::info!(was, now, "raised vm.max_map_count"),
+        Err(e) => tracing::error!(error = %e, "cannot raise vm.max_map_count (--set-max-map-count)"),
     }
 }
 
@@ -136,5 +201,27 @@ mod tests {
         let f = detect(Path::new("/"));
         assert!(f.cpus > 0 && f.memory_bytes > 0 && f.disk_free_bytes > 0);
         assert!(f.nofile_limit > 0);
+        // The sysctls come from /proc, as Elasticsearch's bootstrap checks read them.
+        let proc = |p: &str| std::fs::read_to_string(p).unwrap().trim().parse::<u64>().unwrap();
+        assert_eq!(f.max_map_count, proc("/proc/sys/vm/max_map_count"));
+        assert_eq!(f.threads_max, proc("/proc/sys/kernel/threads-max"));
+        assert!(f.max_map_count > 0 && f.threads_max > 0);
+    }
+
+    #[test]
+    fn raises_a_sysctl_never_lowers_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("max_map_count");
+        std::fs::write(&p, "65530\n").unwrap();
+        assert_eq!(raise_sysctl(&p, 262_144).unwrap(), Raised::From(65_530, 262_144));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "262144\n");
+        assert_eq!(raise_sysctl(&p, 100_000).unwrap(), Raised::Already(262_144));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "262144\n");
+        std::fs::write(&p, "junk").unwrap();
+        assert!(matches!(raise_sysctl(&p, 1), Err(SysctlError::Parse { .. })));
+        let e = raise_sysctl(&dir.path().join("missing"), 1).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        // Not a sysctl file at all.
+        assert!(matches!(raise_sysctl(dir.path(), 5), Err(SysctlError::Read { .. })));
     }
 }

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod client;
 pub mod config;
+pub mod configfiles;
 pub mod conformance;
 pub mod dbus;
 pub mod facts;

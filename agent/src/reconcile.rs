@@ -1,7 +1,8 @@
 //! Runs the pure [`esfleet_core::diff`] against systemd: gathers the actual state (the
 //! agent's memory of what it wrote and started, plus systemd's live states), executes the
-//! tasks in order through the [`UnitManager`], and updates that memory. Also the fencer:
-//! the one other place that stops units.
+//! tasks in order through the [`UnitManager`] (config files through the [`ConfigRoot`],
+//! which is not systemd's business), and updates that memory. Also the fencer: the one
+//! other place that stops units.
 //!
 //! One gate serialises every systemd action of the reconciler and the fencer, and the
 //! reconciler checks the fenced flag under it before each action, so once the fencer has
@@ -10,11 +11,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use esfleet_core::diff::{diff, fence_stops, Actual, Installed, Task};
+use esfleet_core::diff::{diff, fence_stops, files_hash, Actual, Installed, Task};
 use esfleet_core::model::ScheduleEntry;
 use esfleet_core::options::Fence;
 use esfleet_core::UnitName;
 
+use crate::configfiles::{ConfigRoot, FilesError};
 use crate::manager::{JobOutcome, ManagerError, UnitManager, UnitStatus};
 use crate::session::Fencer;
 
@@ -27,6 +29,8 @@ pub struct Local {
     pub generation: BTreeMap<UnitName, u64>,
     /// Units started for their current files and not stopped by the agent since.
     pub started: BTreeSet<UnitName>,
+    /// Units with a config directory: the `files_hash` written, `None` when found on disk.
+    pub files: BTreeMap<UnitName, Option<String>>,
     /// The valid schedule entries of the last pass (the fencer's list).
     pub desired: BTreeMap<UnitName, ScheduleEntry>,
     /// Set by the fencer; cleared when the session registers again.
@@ -38,6 +42,7 @@ pub struct Local {
 /// The systemd side of the agent, shared by the reconciler, the fencer and the shutdown.
 pub struct Shared<M> {
     pub manager: M,
+    config: ConfigRoot,
     gate: tokio::sync::Mutex<()>,
     local: Mutex<Local>,
 }
@@ -46,6 +51,8 @@ pub struct Shared<M> {
 pub enum ReconcileError {
     #[error("{0}")]
     Manager(#[from] ManagerError),
+    #[error("{0}")]
+    Files(#[from] FilesError),
     #[error("the agent is fenced; units start again once it has registered")]
     Fenced,
     #[error("{0} unit(s) could not be reconciled")]
@@ -53,12 +60,19 @@ pub enum ReconcileError {
 }
 
 impl<M: UnitManager> Shared<M> {
-    pub fn new(manager: M) -> Arc<Shared<M>> {
+    /// `config`: where units' config files go.
+    pub fn new(manager: M, config: ConfigRoot) -> Arc<Shared<M>> {
         Arc::new(Shared {
             manager,
+            config,
             gate: tokio::sync::Mutex::new(()),
             local: Mutex::new(Local::default()),
         })
+    }
+
+    /// Where units' config files go.
+    pub fn config_root(&self) -> &ConfigRoot {
+        &self.config
     }
 
     pub fn local(&self) -> MutexGuard<'_, Local> {
@@ -82,6 +96,13 @@ impl<M: UnitManager> Shared<M> {
         if !self.local().adopted {
             // After a restart: the files on disk marked as ours, content unknown.
             let found = self.manager.installed().await?;
+            // A config root that cannot be read must not hold the other units back: the
+            // wanted units' files are compared and rewritten anyway; only left-over
+            // directories of units gone while the agent was down stay behind.
+            let config = self.config.found_async().await.unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "cannot list the config root; left-over config directories stay");
+                Vec::new()
+            });
             let mut l = self.local();
             for name in found {
                 l.installed.entry(name).or_insert(Installed {
@@ -89,6 +110,9 @@ impl<M: UnitManager> Shared<M> {
                     dropin: String::new(),
                     enabled: true,
                 });
+            }
+            for name in config {
+                l.files.entry(name).or_insert(None);
             }
             l.adopted = true;
         }
@@ -102,6 +126,7 @@ impl<M: UnitManager> Shared<M> {
                 installed: l.installed.clone(),
                 active: BTreeMap::new(),
                 started: l.started.clone(),
+                files: l.files.clone(),
             };
             (actual, names.into_iter().collect::<Vec<_>>())
         };
@@ -116,9 +141,17 @@ impl<M: UnitManager> Shared<M> {
         let tasks = diff(desired, &actual);
         let count = tasks.len();
         let mut failed: BTreeSet<UnitName> = BTreeSet::new();
+        // Whether an install or uninstall ran: when every one was skipped (their unit
+        // failed an earlier task, e.g. its config files), systemd has nothing to re-read.
+        let mut unit_files_touched = false;
         for task in tasks {
             if task.unit().is_some_and(|u| failed.contains(u)) {
                 continue;
+            }
+            match task {
+                Task::Install { .. } | Task::Uninstall(_) => unit_files_touched = true,
+                Task::Reload if !unit_files_touched => continue,
+                _ => {}
             }
             let _gate = self.gate.lock().await;
             if self.local().fenced {
@@ -132,7 +165,7 @@ impl<M: UnitManager> Shared<M> {
                     }
                 }
                 Err(e) => match task.unit() {
-                    None => return Err(e.into()),
+                    None => return Err(e),
                     Some(u) => {
                         tracing::warn!(unit = %u, error = %e, "cannot reconcile unit");
                         errors.insert(u.clone(), e.to_string());
@@ -181,9 +214,21 @@ impl<M: UnitManager> Shared<M> {
         Ok(())
     }
 
-    async fn run(&self, task: &Task, desired: &BTreeMap<UnitName, ScheduleEntry>) -> Result<(), ManagerError> {
+    async fn run(&self, task: &Task, desired: &BTreeMap<UnitName, ScheduleEntry>) -> Result<(), ReconcileError> {
         let m = &self.manager;
         match task {
+            Task::WriteFiles { unit, files } => {
+                if self.config.write_async(unit, files).await? {
+                    tracing::info!(unit = %unit, dir = %self.config.dir(unit)?.display(), "config files written");
+                }
+                self.local().files.insert(unit.clone(), Some(files_hash(files)));
+            }
+            Task::RemoveFiles(unit) => {
+                if self.config.remove_async(unit).await? {
+                    tracing::info!(unit = %unit, "config directory removed");
+                }
+                self.local().files.remove(unit);
+            }
             Task::Install { unit, text, dropin } => {
                 m.install(unit, text, dropin).await?;
                 let entry = &desired[unit];

@@ -219,6 +219,9 @@ pub fn agent_config(endpoints: Vec<String>, machine: &str, timing: Timing) -> Co
         ]
         .into(),
         unit_dir: "/nonexistent".into(),
+        // Never /etc: a test that writes config files gives a temporary root of its own.
+        config_root: std::env::temp_dir().join("esfleet-agent-tests-no-files"),
+        set_max_map_count: None,
         data_path: "/".into(),
         timing,
         stop_units_on_exit: false,

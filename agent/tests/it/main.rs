@@ -8,3 +8,4 @@ mod t20_units;
 mod t30_hostile;
 mod t40_fence;
 mod t50_watch_resume;
+mod t60_config_files;

@@ -73,6 +73,8 @@ pub async fn run(g: Group) -> anyhow::Result<()> {
             agent_endpoint: String::new(),
             metadata: BTreeMap::from([("zone".to_string(), zone), ("rack".to_string(), rack)]),
             unit_dir: PathBuf::from("/nonexistent"),
+            config_root: std::env::temp_dir().join("esfleet-scale-config"),
+            set_max_map_count: None,
             data_path: std::env::temp_dir(),
             timing: Timing::default(),
             stop_units_on_exit: false,
