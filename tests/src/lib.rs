@@ -22,4 +22,5 @@ pub use poll::poll;
 pub use ports::free_port;
 pub mod hosts;
 pub use hosts::Hosts;
+pub mod es_standin;
 pub mod realcluster;
