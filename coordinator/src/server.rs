@@ -74,7 +74,7 @@ impl Running {
 pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: TcpListener) -> anyhow::Result<Running> {
     std::fs::create_dir_all(&cfg.data_dir)
         .with_context(|| format!("cannot create data dir {}", cfg.data_dir.display()))?;
-    let backend = store::open_dir(&cfg.data_dir.join("db"))?;
+    let (backend, snapshots) = store::open_data_dir(&cfg.data_dir)?;
 
     let stored_cluster_id = backend
         .get(&keys::meta("cluster-id"))?
@@ -94,7 +94,7 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
     };
 
     let log_store = LogStore::new(backend.clone());
-    let (sm, shared) = StateMachine::open(backend.clone())?;
+    let (sm, shared) = StateMachine::open(backend.clone(), snapshots)?;
     let leases: Vec<(i64, i64)> = shared
         .mvcc
         .read()

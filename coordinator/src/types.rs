@@ -85,7 +85,8 @@ openraft::declare_raft_types!(
         R = Response,
         NodeId = u64,
         Node = PeerNode,
-        SnapshotData = std::io::Cursor<Vec<u8>>,
+        // A file under `<data-dir>/snapshots/`: sent and received chunk by chunk.
+        SnapshotData = crate::store::snapshots::SnapshotFile,
 );
 
 pub type Raft = openraft::Raft<TypeConfig>;

@@ -1,8 +1,9 @@
 //! The storage trait the coordinator persists through, and its in-memory implementation.
 //!
-//! Everything durable (the Raft log, vote, the MVCC revisions, leases, snapshots) lives in
-//! one ordered byte-keyed space, split into typed key spaces by a one-byte prefix (see
-//! [`super::keys`]). One space means one atomic batch can update the log and the state
+//! Everything durable (the Raft log, vote, the MVCC revisions, leases, the pointer to the
+//! current snapshot file) lives in one ordered byte-keyed space, split into typed key
+//! spaces by a one-byte prefix (see [`super::keys`]); snapshots themselves are files
+//! ([`super::snapshots`]). One space means one atomic batch can update the log and the state
 //! machine's metadata together. The real backend is sled ([`super::sled_backend`], the only
 //! module that imports sled); [`MemBackend`] serves fast tests and the conformance suite.
 
@@ -17,6 +18,8 @@ pub enum BackendError {
     Io(String),
     #[error("corrupt data in the store: {0}")]
     Corrupt(String),
+    #[error(transparent)]
+    Snapshot(#[from] super::snapshots::SnapshotError),
 }
 
 /// One atomic group of writes.

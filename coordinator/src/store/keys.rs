@@ -8,7 +8,11 @@ pub const LEASE: u8 = 0x04;
 
 /// The on-disk format this build reads and writes. Bump it with a migration when any key
 /// space or record encoding changes; a store with another version is refused at open.
-pub const DATA_VERSION: u64 = 1;
+///
+/// - 1: the current snapshot was one value (meta key `snapshot`) inside sled.
+/// - 2: snapshots are files under `<data-dir>/snapshots/`; meta key `snapshot` holds a
+///   [`SnapshotPointer`](super::snapshots::SnapshotPointer). Version 1 is migrated at open.
+pub const DATA_VERSION: u64 = 2;
 
 pub fn meta(name: &str) -> Vec<u8> {
     let mut k = vec![META];

@@ -1,8 +1,12 @@
 //! The Raft state machine: applies committed entries to the [`Mvcc`] store, persists the
 //! result atomically with the applied log id, tells watchers and the lease keeper what
-//! changed, and builds and installs snapshots.
+//! changed, and builds and installs snapshots (files under `<data-dir>/snapshots/`, see
+//! [`super::snapshots`]; sled holds only a pointer to the current one).
 
-use std::io::Cursor;
+// openraft's storage traits fix the error type (`StorageError`, ~224 bytes); our helpers
+// return it too rather than convert at every call.
+#![allow(clippy::result_large_err)]
+
 use std::sync::{Arc, Mutex, RwLock};
 
 use esfleet_proto::etcdserverpb as pb;
@@ -16,6 +20,7 @@ use tokio::sync::broadcast;
 use super::backend::{Backend, BackendError, WriteBatch};
 use super::keys;
 use super::mvcc::{Changes, Mvcc, MvccError, SnapshotBody};
+use super::snapshots::{self, SnapshotDir, SnapshotError, SnapshotFile, SnapshotPointer};
 use crate::types::{LogId, PeerNode, Request, Response, StorageError, StoredMembership, TypeConfig};
 
 /// What one applied entry changed, as watchers see it.
@@ -56,16 +61,59 @@ struct AppliedMeta {
     membership: StoredMembership,
 }
 
-#[derive(Serialize, Deserialize)]
-struct StoredSnapshot {
-    meta: SnapshotMeta<u64, PeerNode>,
-    data: Vec<u8>,
+/// The snapshot files and sled's pointer to the current one.
+struct Snapshots {
+    dir: SnapshotDir,
+    backend: Arc<dyn Backend>,
+    /// The current snapshot, as sled's meta key `snapshot` records it. Held while the
+    /// pointer changes and while the current file is opened, so a file is never opened
+    /// after it was replaced (and deleted).
+    current: Mutex<Option<SnapshotPointer>>,
+}
+
+impl Snapshots {
+    /// Makes `new` (a complete file) the current snapshot unless the current one is at
+    /// least as recent (an install can overtake a build); deletes whichever lost. Blocking.
+    fn replace(&self, new: SnapshotPointer) -> Result<(), StorageError> {
+        let mut current = self.current.lock().expect("poisoned");
+        let newer = current
+            .as_ref()
+            .is_none_or(|c| c.meta.last_log_id < new.meta.last_log_id);
+        if !newer {
+            drop(current);
+            self.remove_quietly(&new.file);
+            return Ok(());
+        }
+        let mut batch = WriteBatch::default();
+        batch.put(
+            keys::meta("snapshot"),
+            bincode::serialize(&new).map_err(|e| snap_err(None, ErrorVerb::Write, e))?,
+        );
+        self.backend
+            .write(batch)
+            .map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        self.backend.flush().map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        let old = current.replace(new);
+        drop(current);
+        if let Some(old) = old {
+            self.remove_quietly(&old.file);
+        }
+        Ok(())
+    }
+
+    /// A file that is no longer referenced; failing to delete it only wastes space until
+    /// the next open.
+    fn remove_quietly(&self, name: &str) {
+        if let Err(e) = self.dir.remove(name) {
+            tracing::warn!(error = %e, "cannot delete a replaced snapshot file");
+        }
+    }
 }
 
 pub struct StateMachine {
     shared: Arc<StoreShared>,
     meta: AppliedMeta,
-    current: Arc<Mutex<Option<Arc<StoredSnapshot>>>>,
+    snapshots: Arc<Snapshots>,
     snapshot_seq: u64,
 }
 
@@ -78,20 +126,47 @@ fn sm_err(verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
     .into()
 }
 
+fn snap_err(meta: Option<&SnapshotMeta<u64, PeerNode>>, verb: ErrorVerb, e: impl std::fmt::Display) -> StorageError {
+    StorageIOError::new(
+        ErrorSubject::Snapshot(meta.map(|m| m.signature())),
+        verb,
+        openraft::AnyError::error(e.to_string()),
+    )
+    .into()
+}
+
+fn join_err(e: tokio::task::JoinError) -> StorageError {
+    snap_err(None, ErrorVerb::Write, format!("snapshot task failed: {e}"))
+}
+
+/// Reads the current snapshot pointer from the backend.
+pub(crate) fn read_pointer(backend: &dyn Backend) -> Result<Option<SnapshotPointer>, BackendError> {
+    match backend.get(&keys::meta("snapshot"))? {
+        Some(v) => bincode::deserialize::<SnapshotPointer>(&v)
+            .map(Some)
+            .map_err(|e| BackendError::Corrupt(format!("snapshot pointer: {e}"))),
+        None => Ok(None),
+    }
+}
+
 impl StateMachine {
-    pub fn open(backend: Arc<dyn Backend>) -> Result<(Self, Arc<StoreShared>), BackendError> {
+    /// Opens the state machine on `backend` with its snapshot files in `dir`: the current
+    /// snapshot's file must be there and complete; every other file in `dir` is a leftover
+    /// (an unfinished build or transfer, a replaced snapshot) and is deleted.
+    pub fn open(backend: Arc<dyn Backend>, dir: SnapshotDir) -> Result<(Self, Arc<StoreShared>), BackendError> {
         let mvcc = Mvcc::open(backend.clone())?;
         let meta = match backend.get(&keys::meta("sm"))? {
             Some(v) => bincode::deserialize(&v).map_err(|e| BackendError::Corrupt(format!("applied state: {e}")))?,
             None => AppliedMeta::default(),
         };
-        let current = match backend.get(&keys::meta("snapshot"))? {
-            Some(v) => Some(Arc::new(
-                bincode::deserialize::<StoredSnapshot>(&v)
-                    .map_err(|e| BackendError::Corrupt(format!("stored snapshot: {e}")))?,
-            )),
-            None => None,
-        };
+        let current = read_pointer(backend.as_ref())?;
+        if let Some(p) = &current {
+            dir.check(p)?;
+        }
+        let removed = dir.remove_others(current.as_ref().map(|p| p.file.as_str()))?;
+        if !removed.is_empty() {
+            tracing::info!(dir = %dir.path().display(), ?removed, "deleted leftover snapshot files");
+        }
         let (watch_tx, _) = broadcast::channel(4096);
         let shared = Arc::new(StoreShared {
             mvcc: RwLock::new(mvcc),
@@ -102,7 +177,11 @@ impl StateMachine {
         let sm = Self {
             shared: shared.clone(),
             meta,
-            current: Arc::new(Mutex::new(current)),
+            snapshots: Arc::new(Snapshots {
+                dir,
+                backend: shared.backend.clone(),
+                current: Mutex::new(current),
+            }),
             snapshot_seq: 0,
         };
         Ok((sm, shared))
@@ -239,41 +318,71 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             body: body.map_err(|e| e.to_string()),
             meta: self.meta.clone(),
             seq: self.snapshot_seq,
-            backend: self.shared.backend.clone(),
-            current: self.current.clone(),
+            snapshots: self.snapshots.clone(),
         }
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
-        Ok(Box::new(Cursor::new(Vec::new())))
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<SnapshotFile>, StorageError> {
+        let file = self
+            .snapshots
+            .dir
+            .begin_receiving()
+            .await
+            .map_err(|e| snap_err(None, ErrorVerb::Write, e))?;
+        Ok(Box::new(file))
     }
 
     async fn install_snapshot(
         &mut self,
         meta: &SnapshotMeta<u64, PeerNode>,
-        snapshot: Box<Cursor<Vec<u8>>>,
+        snapshot: Box<SnapshotFile>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        let body: SnapshotBody = bincode::deserialize(&data).map_err(|e| sm_err(ErrorVerb::Read, e))?;
+        let snaps = self.snapshots.clone();
+        let name = snaps.dir.new_name(&meta.snapshot_id);
+        let len = snaps
+            .dir
+            .commit_received(*snapshot, &name)
+            .await
+            .map_err(|e| snap_err(Some(meta), ErrorVerb::Write, e))?;
+        let path = snaps.dir.file_path(&name);
+        let body = tokio::task::spawn_blocking(move || -> Result<SnapshotBody, SnapshotError> {
+            let file = std::fs::File::open(&path).map_err(|source| SnapshotError::File {
+                path: path.clone(),
+                source,
+            })?;
+            snapshots::read_body(&path, file)
+        })
+        .await
+        .map_err(join_err)?;
+        let body = match body {
+            Ok(b) => b,
+            Err(e) => {
+                snaps.remove_quietly(&name);
+                return Err(snap_err(Some(meta), ErrorVerb::Read, e));
+            }
+        };
         let new_meta = AppliedMeta {
             applied: meta.last_log_id,
             membership: meta.last_membership.clone(),
         };
-        let stored = Arc::new(StoredSnapshot {
+        let pointer = SnapshotPointer {
             meta: meta.clone(),
-            data,
-        });
-        let (revision, leases) = {
+            file: name,
+            len,
+        };
+        let (revision, leases, old) = {
             let mut m = self.shared.mvcc.write().expect("poisoned");
+            let mut current = snaps.current.lock().expect("poisoned");
             let mut batch = WriteBatch::default();
             m.restore(body, &mut batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             batch.put(
                 keys::meta("sm"),
                 bincode::serialize(&new_meta).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
+            // The state and the pointer to the snapshot it came from move together.
             batch.put(
                 keys::meta("snapshot"),
-                bincode::serialize(&*stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
+                bincode::serialize(&pointer).map_err(|e| sm_err(ErrorVerb::Write, e))?,
             );
             self.shared
                 .backend
@@ -282,10 +391,13 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             self.shared.backend.flush().map_err(|e| sm_err(ErrorVerb::Write, e))?;
             m.reload().map_err(|e| sm_err(ErrorVerb::Read, e))?;
             let leases = m.leases().map(|(id, l)| (*id, l.ttl)).collect::<Vec<_>>();
-            (m.revision(), leases)
+            let old = current.replace(pointer);
+            (m.revision(), leases, old)
         };
+        if let Some(old) = old {
+            snaps.remove_quietly(&old.file);
+        }
         self.meta = new_meta;
-        *self.current.lock().expect("poisoned") = Some(stored);
         if let Some(o) = self.shared.lease_observer.read().expect("poisoned").as_ref() {
             o.reset(leases);
         }
@@ -298,9 +410,16 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        Ok(self.current.lock().expect("poisoned").as_ref().map(|s| Snapshot {
-            meta: s.meta.clone(),
-            snapshot: Box::new(Cursor::new(s.data.clone())),
+        let current = self.snapshots.current.lock().expect("poisoned");
+        let Some(p) = current.as_ref() else { return Ok(None) };
+        let file = self
+            .snapshots
+            .dir
+            .open_file(p)
+            .map_err(|e| snap_err(Some(&p.meta), ErrorVerb::Read, e))?;
+        Ok(Some(Snapshot {
+            meta: p.meta.clone(),
+            snapshot: Box::new(file),
         }))
     }
 }
@@ -309,15 +428,13 @@ pub struct SnapshotBuilder {
     body: Result<SnapshotBody, String>,
     meta: AppliedMeta,
     seq: u64,
-    backend: Arc<dyn Backend>,
-    current: Arc<Mutex<Option<Arc<StoredSnapshot>>>>,
+    snapshots: Arc<Snapshots>,
 }
 
 impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
     async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
         let body = std::mem::replace(&mut self.body, Err("snapshot already built".into()))
             .map_err(|e| sm_err(ErrorVerb::Read, e))?;
-        let data = bincode::serialize(&body).map_err(|e| sm_err(ErrorVerb::Write, e))?;
         let id = match self.meta.applied {
             Some(l) => format!("{}-{}-{}", l.leader_id.term, l.index, self.seq),
             None => format!("0-0-{}", self.seq),
@@ -327,21 +444,302 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             last_membership: self.meta.membership.clone(),
             snapshot_id: id,
         };
-        let stored = Arc::new(StoredSnapshot {
-            meta: meta.clone(),
-            data,
-        });
-        let mut batch = WriteBatch::default();
-        batch.put(
-            keys::meta("snapshot"),
-            bincode::serialize(&*stored).map_err(|e| sm_err(ErrorVerb::Write, e))?,
-        );
-        self.backend.write(batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
-        let snapshot = Snapshot {
+        let snaps = self.snapshots.clone();
+        let m = meta.clone();
+        // Serializing and fsyncing a large state takes a while: off the async workers.
+        let file = tokio::task::spawn_blocking(move || -> Result<SnapshotFile, StorageError> {
+            let name = snaps.dir.new_name(&m.snapshot_id);
+            let len = snaps
+                .dir
+                .write(&name, &body)
+                .map_err(|e| snap_err(Some(&m), ErrorVerb::Write, e))?;
+            drop(body);
+            let pointer = SnapshotPointer {
+                meta: m.clone(),
+                file: name,
+                len,
+            };
+            // Opened before `replace`, which deletes the new file if an installed snapshot
+            // overtook this build: the open file stays readable.
+            let file = snaps
+                .dir
+                .open_file(&pointer)
+                .map_err(|e| snap_err(Some(&m), ErrorVerb::Read, e))?;
+            snaps.replace(pointer)?;
+            Ok(file)
+        })
+        .await
+        .map_err(join_err)??;
+        Ok(Snapshot {
             meta,
-            snapshot: Box::new(Cursor::new(stored.data.clone())),
+            snapshot: Box::new(file),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use bytes::Bytes;
+    use esfleet_proto::etcdserverpb::{request_op, PutRequest, RangeRequest, RequestOp, TxnRequest};
+    use esfleet_proto::raft::InternalRequest;
+    use openraft::{CommittedLeaderId, Entry};
+    use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::store::backend::MemBackend;
+
+    fn put(index: u64, key: &str, value: &str) -> Entry<TypeConfig> {
+        let op = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                value: Bytes::copy_from_slice(value.as_bytes()),
+                ..Default::default()
+            })),
         };
-        *self.current.lock().expect("poisoned") = Some(stored);
-        Ok(snapshot)
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request(InternalRequest {
+                request: Some(internal_request::Request::Txn(TxnRequest {
+                    success: vec![op],
+                    ..Default::default()
+                })),
+            })),
+        }
+    }
+
+    fn mem() -> Arc<dyn Backend> {
+        Arc::new(MemBackend::default())
+    }
+
+    fn open(backend: &Arc<dyn Backend>, dir: &Path) -> Result<StateMachine, BackendError> {
+        StateMachine::open(backend.clone(), SnapshotDir::open(dir).unwrap()).map(|(sm, _)| sm)
+    }
+
+    /// Applies puts `k<from>..k<to>` as log indexes `from..to`.
+    async fn apply_puts(sm: &mut StateMachine, from: u64, to: u64) {
+        let entries: Vec<_> = (from..to).map(|i| put(i, &format!("k{i}"), &"v".repeat(100))).collect();
+        sm.apply(entries).await.unwrap();
+    }
+
+    fn files(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    async fn read_all(snapshot: &mut SnapshotFile) -> Vec<u8> {
+        let mut out = Vec::new();
+        snapshot.seek(std::io::SeekFrom::Start(0)).await.unwrap();
+        snapshot.read_to_end(&mut out).await.unwrap();
+        out
+    }
+
+    fn value(sm: &StateMachine, key: &str) -> Option<Bytes> {
+        let m = sm.shared.mvcc.read().unwrap();
+        let r = m
+            .range(&RangeRequest {
+                key: Bytes::copy_from_slice(key.as_bytes()),
+                ..Default::default()
+            })
+            .unwrap();
+        r.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    #[tokio::test]
+    async fn a_built_snapshot_is_a_file_that_replaces_the_previous_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let mut sm = open(&backend, dir.path()).unwrap();
+        apply_puts(&mut sm, 1, 20).await;
+
+        let mut first = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let names = files(dir.path());
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with(".snap"), "{names:?}");
+        let on_disk = std::fs::read(dir.path().join(&names[0])).unwrap();
+        assert_eq!(read_all(&mut first.snapshot).await, on_disk);
+        assert_eq!(&on_disk[..8], snapshots::MAGIC);
+        let pointer = read_pointer(backend.as_ref()).unwrap().unwrap();
+        assert_eq!(pointer.file, names[0]);
+        assert_eq!(pointer.len, on_disk.len() as u64);
+        assert_eq!(pointer.meta, first.meta);
+
+        apply_puts(&mut sm, 20, 30).await;
+        let second = sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let after = files(dir.path());
+        assert_eq!(after.len(), 1, "only the current snapshot stays: {after:?}");
+        assert_ne!(after[0], names[0]);
+        let mut current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, second.meta);
+        assert_eq!(current.meta.last_log_id.unwrap().index, 29);
+        assert_eq!(
+            read_all(&mut current.snapshot).await,
+            std::fs::read(dir.path().join(&after[0])).unwrap()
+        );
+        // The first reader was opened before the replacement: it still reads its file.
+        assert_eq!(read_all(&mut first.snapshot).await, on_disk);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_streamed_in_chunks_installs_on_a_new_member_and_survives_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let mut leader = open(&backend, dir.path()).unwrap();
+        apply_puts(&mut leader, 1, 50).await;
+        leader.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        let mut sent = leader.get_current_snapshot().await.unwrap().unwrap();
+        let bytes = read_all(&mut sent.snapshot).await;
+
+        let dir2 = tempfile::tempdir().unwrap();
+        let backend2: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let mut learner = open(&backend2, dir2.path()).unwrap();
+        let mut rx = learner.begin_receiving_snapshot().await.unwrap();
+        for chunk in bytes.chunks(1000) {
+            rx.write_all(chunk).await.unwrap();
+        }
+        rx.shutdown().await.unwrap();
+        assert_eq!(files(dir2.path()).len(), 1, "the transfer's temporary file");
+        learner.install_snapshot(&sent.meta, rx).await.unwrap();
+
+        let names = files(dir2.path());
+        assert_eq!(names.len(), 1, "{names:?}");
+        assert!(names[0].ends_with(".snap"), "{names:?}");
+        assert_eq!(std::fs::read(dir2.path().join(&names[0])).unwrap(), bytes);
+        let (applied, _) = learner.applied_state().await.unwrap();
+        assert_eq!(applied, sent.meta.last_log_id);
+        let revision = |sm: &StateMachine| sm.shared.mvcc.read().unwrap().revision();
+        assert_eq!(revision(&learner), revision(&leader));
+        assert_eq!(value(&learner, "k42"), value(&leader, "k42"));
+        assert!(value(&learner, "k42").is_some());
+        drop(learner);
+
+        let mut reopened = open(&backend2, dir2.path()).unwrap();
+        assert_eq!(revision(&reopened), revision(&leader));
+        assert_eq!(files(dir2.path()), names);
+        let current = reopened.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, sent.meta);
+    }
+
+    #[tokio::test]
+    async fn a_garbled_transfer_is_refused_and_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let mut sm = open(&backend, dir.path()).unwrap();
+        apply_puts(&mut sm, 1, 5).await;
+        let meta = sm.get_snapshot_builder().await.build_snapshot().await.unwrap().meta;
+
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut learner = open(&mem(), dir2.path()).unwrap();
+        let mut rx = learner.begin_receiving_snapshot().await.unwrap();
+        rx.write_all(b"not a snapshot at all").await.unwrap();
+        rx.shutdown().await.unwrap();
+        let err = learner.install_snapshot(&meta, rx).await.unwrap_err().to_string();
+        assert!(err.contains("not an esfleet snapshot"), "{err}");
+        assert_eq!(files(dir2.path()), Vec::<String>::new());
+
+        // A transfer cut short (the leader moved on): its file goes with it.
+        let mut rx = learner.begin_receiving_snapshot().await.unwrap();
+        rx.write_all(b"partial").await.unwrap();
+        drop(rx);
+        assert_eq!(files(dir2.path()), Vec::<String>::new());
+    }
+
+    #[tokio::test]
+    async fn open_deletes_leftovers_and_refuses_a_missing_or_cut_current_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let mut sm = open(&backend, dir.path()).unwrap();
+        apply_puts(&mut sm, 1, 10).await;
+        sm.get_snapshot_builder().await.build_snapshot().await.unwrap();
+        drop(sm);
+        let current = files(dir.path());
+        // What a kill -9 can leave: a build's temporary file, a transfer's, and a replaced
+        // snapshot whose deletion did not happen.
+        for leftover in ["1-20-3.abc.7.snap.tmp", "receiving-4.tmp", "1-5-1.abc.1.snap"] {
+            std::fs::write(dir.path().join(leftover), b"junk").unwrap();
+        }
+        let mut sm = open(&backend, dir.path()).unwrap();
+        assert_eq!(files(dir.path()), current);
+        assert!(sm.get_current_snapshot().await.unwrap().is_some());
+        drop(sm);
+
+        let path = dir.path().join(&current[0]);
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let err = open(&backend, dir.path())
+            .err()
+            .expect("a cut file is refused")
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("bytes long"),
+            "{err}"
+        );
+
+        std::fs::remove_file(&path).unwrap();
+        let err = open(&backend, dir.path())
+            .err()
+            .expect("a missing file is refused")
+            .to_string();
+        assert!(
+            err.contains(&path.display().to_string()) && err.contains("is missing"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_format_1_store_is_migrated_to_a_snapshot_file() {
+        #[derive(Serialize)]
+        struct StoredSnapshotV1 {
+            meta: SnapshotMeta<u64, PeerNode>,
+            data: Vec<u8>,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let snaps = SnapshotDir::open(dir.path()).unwrap();
+        crate::store::check_version(backend.as_ref(), "mem", &snaps).unwrap();
+        let mut sm = open(&backend, dir.path()).unwrap();
+        apply_puts(&mut sm, 1, 30).await;
+        // What format 1 wrote: the body inside the store, no file.
+        let body = sm.shared.mvcc.read().unwrap().snapshot().unwrap();
+        let meta = SnapshotMeta {
+            last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 29)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-29-1".into(),
+        };
+        let old = StoredSnapshotV1 {
+            meta: meta.clone(),
+            data: bincode::serialize(&body).unwrap(),
+        };
+        let mut batch = WriteBatch::default();
+        batch.put(keys::meta("snapshot"), bincode::serialize(&old).unwrap());
+        batch.put(keys::meta("data-version"), 1u64.to_be_bytes().to_vec());
+        backend.write(batch).unwrap();
+        drop(sm);
+
+        crate::store::check_version(backend.as_ref(), "mem", &snaps).unwrap();
+        assert_eq!(
+            backend.get(&keys::meta("data-version")).unwrap().unwrap(),
+            keys::DATA_VERSION.to_be_bytes().to_vec()
+        );
+        let mut sm = open(&backend, dir.path()).unwrap();
+        let mut current = sm.get_current_snapshot().await.unwrap().unwrap();
+        assert_eq!(current.meta, meta);
+        let bytes = read_all(&mut current.snapshot).await;
+        assert_eq!(&bytes[..8], snapshots::MAGIC);
+        assert_eq!(&bytes[12..], &old.data[..]);
+
+        // The migrated file installs elsewhere.
+        let dir2 = tempfile::tempdir().unwrap();
+        let mut learner = open(&mem(), dir2.path()).unwrap();
+        let mut rx = learner.begin_receiving_snapshot().await.unwrap();
+        rx.write_all(&bytes).await.unwrap();
+        rx.shutdown().await.unwrap();
+        learner.install_snapshot(&meta, rx).await.unwrap();
+        assert_eq!(value(&learner, "k7"), value(&sm, "k7"));
     }
 }
