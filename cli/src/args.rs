@@ -272,6 +272,9 @@ metadata, how many units are placed on it, and its state: `up`, `draining`, `dra
     /// The coordinator cluster: status and members
     #[command(subcommand)]
     Cluster(ClusterCommand),
+    /// Elasticsearch clusters: apply a cluster.toml, status, rolling restart, scale-down
+    #[command(subcommand)]
+    Es(EsCommand),
     /// Print a shell completion script
     #[command(
         after_help = "Examples:\n  esfleet completions bash > /etc/bash_completion.d/esfleet\n  esfleet completions zsh > \"${fpath[1]}/_esfleet\"\n  esfleet completions fish > ~/.config/fish/completions/esfleet.fish"
@@ -374,6 +377,118 @@ pub enum MemberCommand {
     Remove {
         /// The member's id in hex.
         id: String,
+    },
+}
+
+/// How the Elasticsearch operations wait.
+#[derive(Debug, Clone, Args)]
+pub struct EsWaits {
+    /// How long each unit stop, start or destroy may take.
+    #[arg(long, env = "ESFLEET_TIMEOUT", default_value = "5m", value_parser = parse_duration)]
+    pub timeout: Duration,
+    /// How long each wait on Elasticsearch may take (green, a node rejoined, shards moved
+    /// off a node); `0` waits forever.
+    #[arg(long, env = "ESFLEET_ES_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+    pub es_timeout: Duration,
+    /// How long one HTTP request to Elasticsearch may take before the next node is asked.
+    #[arg(long, env = "ESFLEET_ES_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+    pub es_request_timeout: Duration,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EsCommand {
+    /// Define or update a cluster from cluster.toml, submit its templates, start its nodes
+    #[command(
+        long_about = "\
+Define or update an Elasticsearch cluster from a cluster.toml: the file is checked here
+first (errors name file:line), `zones` is filled from the machines' `zone` metadata when
+the file has none (and is fixed from then on), the definition is stored, the generated
+template units are submitted (replacing older ones) and every node up to the counts is
+started; waits until they run, as `esfleet start` does.
+
+Counts that go up start new nodes. Counts that go down remove nothing: the nodes are
+removed one at a time, gated on the cluster's health, by `esfleet es scale-down`.
+Running nodes keep their unit file and configuration until they restart: after a change,
+`esfleet es restart` rolls it through one node at a time.",
+        after_help = "Example:\n  esfleet es apply logs.toml"
+    )]
+    Apply {
+        /// The cluster definition (TOML).
+        file: std::path::PathBuf,
+        #[command(flatten)]
+        block: Block,
+    },
+    /// Nodes (unit, node, role, zone, host, state) and Elasticsearch's own health
+    #[command(
+        long_about = "\
+Show a cluster's nodes: unit, node name, role, zone, host and systemd state, and what
+Elasticsearch itself says (health, its node list, shard copies per node) when one of the
+nodes answers on its HTTP port. Without a cluster name: every cluster.",
+        after_help = "Examples:\n  esfleet es status logs\n  esfleet es status"
+    )]
+    Status {
+        /// The cluster's name (default: every cluster).
+        cluster: Option<String>,
+        /// How long one HTTP request to Elasticsearch may take.
+        #[arg(long, env = "ESFLEET_ES_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
+        es_request_timeout: Duration,
+    },
+    /// Rolling restart, one node at a time, never more than one down
+    #[command(
+        long_about = "\
+Restart every node of a cluster, one at a time: set cluster.routing.allocation.enable to
+`primaries`, stop the node's unit and wait, start it and wait, wait until the node is back
+in _cat/nodes, reset the allocation setting, wait for green; then the next node. Data and
+coordinating nodes go first, masters last (the elected master at the very end). A node is
+stopped only when every node is in the cluster. A node whose template changed takes the
+new unit file while it is stopped.
+
+Resumable: after an interruption, run it again; it first resets the allocation setting,
+starts a node left stopped, and waits for green.",
+        after_help = "Example:\n  esfleet es restart logs"
+    )]
+    Restart {
+        /// The cluster's name.
+        cluster: String,
+        #[command(flatten)]
+        waits: EsWaits,
+    },
+    /// Remove data or master nodes one at a time, gated on the cluster's health
+    #[command(
+        long_about = "\
+Remove nodes, highest ordinal first, one at a time, until N are left.
+
+--data N: each removal needs a green cluster and more data nodes left than any index's
+replicas + 1; the node is excluded from allocation, its shards move off (watched in
+_cat/shards), then its unit is stopped and destroyed and the exclusion cleared; then wait
+for green. --masters N: the node is excluded from the voting configuration first, never
+below a quorum, then stopped and destroyed, then the exclusion is cleared.
+Refused with the reason (exit 1) when a rule says no. The stored definition's count goes
+down after each removed node.",
+        after_help = "Examples:\n  esfleet es scale-down logs --data 3\n  esfleet es scale-down logs --masters 3"
+    )]
+    ScaleDown {
+        /// The cluster's name.
+        cluster: String,
+        /// Data nodes to keep.
+        #[arg(
+            long,
+            env = "ESFLEET_ES_DATA",
+            conflicts_with = "masters",
+            required_unless_present = "masters"
+        )]
+        data: Option<u32>,
+        /// Master nodes to keep.
+        #[arg(long, env = "ESFLEET_ES_MASTERS")]
+        masters: Option<u32>,
+        #[command(flatten)]
+        waits: EsWaits,
+    },
+    /// Forget a cluster definition and its templates (once no node of it is submitted)
+    #[command(after_help = "Example:\n  esfleet destroy 'logs-*@*.service' && esfleet es delete logs")]
+    Delete {
+        /// The cluster's name.
+        cluster: String,
     },
 }
 

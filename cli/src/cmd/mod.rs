@@ -6,6 +6,8 @@ mod cluster;
 mod common;
 mod completions;
 mod destroy;
+mod es;
+mod es_fleet;
 mod journal;
 mod list_machines;
 mod list_unit_files;
@@ -92,6 +94,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         Command::ListMachines { listing } => list_machines::run(&ctx, &listing).await,
         Command::Machine(m) => machine::run(&ctx, m).await,
         Command::Cluster(c) => cluster::run(&ctx, c).await,
+        Command::Es(c) => es::run(&ctx, c).await,
         Command::Completions { .. } | Command::Man => unreachable!("handled above"),
     }
 }

@@ -8,6 +8,7 @@
 //! one consistent snapshot of `/esfleet/`. Unit records are written here; schedule entries
 //! only by the scheduler; `Status`/`Journal` are forwarded to the unit's agent.
 
+mod es;
 pub mod info;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +36,7 @@ use crate::scheduler::txn;
 use crate::store::WatchBatch;
 
 /// How often a compare-and-set write is retried when another write got in between.
-const CAS_ATTEMPTS: usize = 8;
+pub(crate) const CAS_ATTEMPTS: usize = 8;
 /// Most units one WatchUnitStates stream may follow.
 pub const MAX_WATCHED_UNITS: usize = 10_000;
 /// How long connecting to an agent or a member may take.
@@ -567,6 +568,34 @@ impl Fleet for FleetService {
         Ok(Response::new(Box::pin(
             stream.map(|l| l.map(|l| pb::JournalLine { line: l.line })),
         )))
+    }
+
+    async fn apply_es_cluster(
+        &self,
+        req: Request<pb::ApplyEsClusterRequest>,
+    ) -> Result<Response<pb::ApplyEsClusterResponse>, Status> {
+        self.es_apply(req).await
+    }
+
+    async fn get_es_cluster(
+        &self,
+        req: Request<pb::GetEsClusterRequest>,
+    ) -> Result<Response<pb::GetEsClusterResponse>, Status> {
+        self.es_get(req).await
+    }
+
+    async fn list_es_clusters(
+        &self,
+        req: Request<pb::ListEsClustersRequest>,
+    ) -> Result<Response<pb::ListEsClustersResponse>, Status> {
+        self.es_list(req).await
+    }
+
+    async fn delete_es_cluster(
+        &self,
+        req: Request<pb::DeleteEsClusterRequest>,
+    ) -> Result<Response<pb::DeleteEsClusterResponse>, Status> {
+        self.es_delete(req).await
     }
 
     async fn cluster_status(

@@ -1,0 +1,402 @@
+//! The health-gated Elasticsearch operations: rolling restart and scale-down, one node at a
+//! time. They drive two things: the units, through [`FleetOps`] (the Fleet service in the
+//! CLI, a recording fake in tests), and Elasticsearch, through its REST API ([`Es`]).
+//!
+//! The gates (ECK's lessons, REFERENCE.md "Elasticsearch facts"):
+//! - restart: every node of the cluster is in `_cat/nodes` before one is stopped (so never
+//!   more than one is down); allocation `primaries` while it is down (no replica rebuilds);
+//!   after it is started, wait until it is back in `_cat/nodes` (ECK #5449), re-enable
+//!   allocation, wait for green; only then the next one.
+//! - data scale-down (ECK #8195): green and core's `data_removal_check`, exclude the node
+//!   from allocation, wait until `_cat/shards` shows no copy on it, then stop and destroy.
+//! - master scale-down: core's `master_removal_check`, voting-configuration exclusion first,
+//!   then stop and destroy, then clear the exclusion.
+//!
+//! Both are resumable: a restart first resets allocation, starts a node an interrupted run
+//! left stopped and waits for green; a scale-down finds an already-removed node and only
+//! records the count.
+
+use std::future::Future;
+use std::time::Duration;
+
+use esfleet_core::es::{self as core_es, ClusterRecord, Role};
+use esfleet_core::UnitName;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use super::api::{Es, Health, ALLOCATION_ENABLE, EXCLUDE_NAME};
+use super::http::{EsHttp, HttpError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpsError {
+    /// A safety rule says no: the reason, and what to do.
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Es(#[from] HttpError),
+    /// The Fleet service refused or failed (its message).
+    #[error("{0}")]
+    Fleet(String),
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// A unit as the operations need it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct UnitView {
+    pub name: String,
+    /// False when the unit is not submitted.
+    pub exists: bool,
+    /// `inactive`, `loaded` or `launched`.
+    pub desired: String,
+    /// systemd's ActiveState on its machine (empty when not placed or not reported).
+    pub active: String,
+    /// The machine's address (empty when not placed).
+    pub address: String,
+}
+
+/// What the operations ask of esfleet. Each call that changes a unit waits until the unit
+/// got there (or fails with why).
+#[allow(async_fn_in_trait)] // used with concrete types on one task: no Send bound needed
+pub trait FleetOps {
+    /// The current view of these units, in the same order.
+    async fn units(&self, names: &[UnitName]) -> Result<Vec<UnitView>, OpsError>;
+    /// Desired `loaded`; waits until the unit stopped.
+    async fn stop(&self, unit: &UnitName) -> Result<(), OpsError>;
+    /// Gives a stopped instance its template's current text; true if it changed.
+    async fn refresh(&self, unit: &UnitName) -> Result<bool, OpsError>;
+    /// Desired `launched`; waits until the unit runs.
+    async fn start(&self, unit: &UnitName) -> Result<(), OpsError>;
+    /// Removes the unit; waits until it is gone from its machine.
+    async fn destroy(&self, unit: &UnitName) -> Result<(), OpsError>;
+    /// Stores the cluster record if its key is still at `if_revision`; the new revision.
+    async fn store(&self, record: &ClusterRecord, if_revision: i64) -> Result<i64, OpsError>;
+    /// A progress line for the operator.
+    fn say(&self, line: &str);
+}
+
+/// How long the waits on Elasticsearch may take, and how often they look.
+#[derive(Debug, Clone, Copy)]
+pub struct Waits {
+    /// Each wait (green, node rejoined, shards moved off); 0: no limit.
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+/// The cluster being operated on: its stored record and the record's mod revision.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub record: ClusterRecord,
+    pub revision: i64,
+}
+
+/// One node of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRef {
+    pub unit: UnitName,
+    pub name: String,
+    pub role: Role,
+    pub ordinal: u32,
+}
+
+/// Every node the record defines, by role (masters, data, coordinating) then ordinal.
+pub fn nodes(record: &ClusterRecord) -> Vec<NodeRef> {
+    let mut v: Vec<NodeRef> = core_es::instances(&record.spec)
+        .into_iter()
+        .filter_map(|u| {
+            core_es::node_of(&record.spec, &u).map(|n| NodeRef {
+                unit: u,
+                name: n.name,
+                role: n.role,
+                ordinal: n.ordinal,
+            })
+        })
+        .collect();
+    v.sort_by_key(|n| (n.role, n.ordinal));
+    v
+}
+
+/// A probe's answer: done (with a value) or still waiting (why, for the progress line).
+pub enum Step<T> {
+    Done(T),
+    Waiting(String),
+}
+
+/// Whether an Elasticsearch error means "not now" during a wait (a node restarting, no
+/// master elected yet) rather than a refusal.
+fn transient(e: &HttpError) -> bool {
+    match e {
+        HttpError::Unreachable { .. } => true,
+        HttpError::Es { status, .. } => matches!(status, 429 | 502 | 503 | 504),
+        HttpError::BadAnswer { .. } => false,
+    }
+}
+
+/// Polls `probe` until it is done, printing a line whenever what it waits for changes;
+/// fails after `waits.timeout`.
+pub async fn wait_until<F, T, P, Fut>(fleet: &F, waits: &Waits, what: &str, mut probe: P) -> Result<T, OpsError>
+where
+    F: FleetOps,
+    P: FnMut() -> Fut,
+    Fut: Future<Output = Result<Step<T>, OpsError>>,
+{
+    let start = Instant::now();
+    let mut last = String::new();
+    loop {
+        let why = match probe().await {
+            Ok(Step::Done(v)) => return Ok(v),
+            Ok(Step::Waiting(why)) => why,
+            Err(OpsError::Es(e)) if transient(&e) => e.to_string(),
+            Err(e) => return Err(e),
+        };
+        if why != last {
+            fleet.say(&format!("  waiting for {what} ({}s): {why}", start.elapsed().as_secs()));
+            last = why;
+        }
+        if !waits.timeout.is_zero() && start.elapsed() >= waits.timeout {
+            return Err(OpsError::Timeout(format!(
+                "gave up waiting for {what} after {} (--es-timeout); last seen: {last}",
+                humantime::format_duration(waits.timeout)
+            )));
+        }
+        tokio::time::sleep(waits.poll).await;
+    }
+}
+
+async fn wait_green<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits) -> Result<Health, OpsError> {
+    wait_until(fleet, waits, "cluster health green", || async {
+        let h = es.health_wait("green").await?;
+        Ok(if h.status == "green" && !h.timed_out {
+            Step::Done(h)
+        } else {
+            Step::Waiting(h.summary())
+        })
+    })
+    .await
+}
+
+/// Waits until every name in `names` is in `_cat/nodes`.
+async fn wait_joined<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, names: &[String]) -> Result<(), OpsError> {
+    let what = if names.len() == 1 {
+        format!("{} to join the cluster", names[0])
+    } else {
+        "every node to be in the cluster".to_string()
+    };
+    wait_until(fleet, waits, &what, || async {
+        let present = es.cat_nodes().await?;
+        let missing: Vec<&str> = names
+            .iter()
+            .filter(|n| !present.iter().any(|p| &p.name == *n))
+            .map(String::as_str)
+            .collect();
+        Ok(if missing.is_empty() {
+            Step::Done(())
+        } else {
+            Step::Waiting(format!("not in _cat/nodes: {}", missing.join(", ")))
+        })
+    })
+    .await
+}
+
+/// The ES endpoint of a node: its machine address and its role's http port.
+pub fn endpoint(record: &ClusterRecord, role: Role, address: &str) -> String {
+    format!("{address}:{}", record.spec.role(role).http_port)
+}
+
+/// Rolling restart: data and coordinating nodes first, masters last, the elected master
+/// at the very end (why: Elastic's rolling-upgrade order restarts master-eligible nodes
+/// last, and the elected one last of all costs one election instead of up to one per master).
+pub async fn restart<F: FleetOps>(fleet: &F, http: &EsHttp, target: &Target, waits: &Waits) -> Result<(), OpsError> {
+    let es = Es { http };
+    let all = nodes(&target.record);
+    let units: Vec<UnitName> = all.iter().map(|n| n.unit.clone()).collect();
+    let views = fleet.units(&units).await?;
+    let present: Vec<(NodeRef, UnitView)> = all
+        .into_iter()
+        .zip(views)
+        .filter(|(_, v)| v.exists && v.desired != "inactive")
+        .collect();
+    let name = &target.record.spec.name;
+    if present.is_empty() {
+        return Err(OpsError::Refused(format!(
+            "cluster {name} has no submitted node to restart; run `esfleet es apply` first"
+        )));
+    }
+
+    // Resume: an interrupted run may have left allocation at `primaries` and a node stopped.
+    if let Some(v) = es.setting(ALLOCATION_ENABLE).await? {
+        fleet.say(&format!(
+            "{ALLOCATION_ENABLE} is {v:?} (left by an interrupted restart?): resetting it"
+        ));
+    }
+    es.set_persistent(ALLOCATION_ENABLE, Value::Null).await?;
+    for (n, _) in present.iter().filter(|(_, v)| v.desired == "loaded") {
+        fleet.say(&format!(
+            "{} ({}) is stopped (left by an interrupted restart?): starting it",
+            n.name, n.unit
+        ));
+        fleet.start(&n.unit).await?;
+        wait_joined(fleet, &es, waits, std::slice::from_ref(&n.name)).await?;
+    }
+    let h = wait_green(fleet, &es, waits).await?;
+    fleet.say(&format!("cluster {name} is {}", h.summary()));
+
+    // Order: non-masters by role and ordinal, then masters with the elected one last.
+    let elected = es.cat_nodes().await?.into_iter().find(|n| n.master).map(|n| n.name);
+    let mut order: Vec<&NodeRef> = present.iter().map(|(n, _)| n).collect();
+    order.sort_by_key(|n| {
+        (
+            n.role == Role::Master,
+            Some(&n.name) == elected.as_ref(),
+            n.role,
+            n.ordinal,
+        )
+    });
+    let names: Vec<String> = order.iter().map(|n| n.name.clone()).collect();
+    let total = order.len();
+    fleet.say(&format!("rolling restart of {total} nodes: {}", names.join(", ")));
+    for (i, n) in order.iter().enumerate() {
+        fleet.say(&format!("[{}/{total}] {} ({})", i + 1, n.name, n.unit));
+        // Never two down: every node must be in the cluster before this one goes.
+        wait_joined(fleet, &es, waits, &names).await?;
+        let views = fleet.units(std::slice::from_ref(&n.unit)).await?;
+        if let Some(addr) = views.first().map(|v| v.address.clone()).filter(|a| !a.is_empty()) {
+            http.avoid(&endpoint(&target.record, n.role, &addr));
+        }
+        es.set_persistent(ALLOCATION_ENABLE, Value::from("primaries")).await?;
+        fleet.say(&format!("  {ALLOCATION_ENABLE}: primaries; stopping {}", n.unit));
+        fleet.stop(&n.unit).await?;
+        if fleet.refresh(&n.unit).await? {
+            fleet.say(&format!("  {} takes its template's new unit file", n.unit));
+        }
+        fleet.say(&format!("  starting {}", n.unit));
+        fleet.start(&n.unit).await?;
+        wait_joined(fleet, &es, waits, std::slice::from_ref(&n.name)).await?;
+        es.set_persistent(ALLOCATION_ENABLE, Value::Null).await?;
+        fleet.say(&format!("  {} rejoined; {ALLOCATION_ENABLE} reset", n.name));
+        let h = wait_green(fleet, &es, waits).await?;
+        fleet.say(&format!("  {} restarted; cluster {}", n.name, h.summary()));
+    }
+    fleet.say(&format!("rolling restart of cluster {name} done: {total} nodes"));
+    Ok(())
+}
+
+/// Removes the highest-ordinal nodes of `role` one at a time until `to` are left.
+pub async fn scale_down<F: FleetOps>(
+    fleet: &F,
+    http: &EsHttp,
+    target: &mut Target,
+    role: Role,
+    to: u32,
+    waits: &Waits,
+) -> Result<(), OpsError> {
+    let es = Es { http };
+    let name = target.record.spec.name.clone();
+    let mut count = target.record.spec.role(role).count;
+    let word = role.as_str();
+    if to > count {
+        return Err(OpsError::Refused(format!(
+            "cluster {name} has {count} {word} nodes; scale-down cannot add any: raise the count in cluster.toml and run `esfleet es apply`"
+        )));
+    }
+    if to == count {
+        fleet.say(&format!("cluster {name} already has {count} {word} nodes"));
+        return Ok(());
+    }
+    fleet.say(&format!(
+        "scaling {word} nodes of cluster {name} from {count} to {to}, one at a time, highest ordinal first"
+    ));
+    while count > to {
+        let node = nodes(&target.record)
+            .into_iter()
+            .filter(|n| n.role == role)
+            .max_by_key(|n| n.ordinal)
+            .expect("count > 0: a node of this role exists");
+        let view = fleet
+            .units(std::slice::from_ref(&node.unit))
+            .await?
+            .pop()
+            .unwrap_or_default();
+        fleet.say(&format!("removing {} ({})", node.name, node.unit));
+        if view.exists {
+            match role {
+                Role::Data => remove_data(fleet, &es, waits, &node).await?,
+                Role::Master => remove_master(fleet, &es, &node, count).await?,
+                Role::Coordinating => {
+                    fleet.stop(&node.unit).await?;
+                    fleet.destroy(&node.unit).await?;
+                }
+            }
+        } else {
+            fleet.say(&format!("  {} is already destroyed (an interrupted run?)", node.unit));
+            if role == Role::Data && es.setting(EXCLUDE_NAME).await?.as_deref() == Some(node.name.as_str()) {
+                es.set_persistent(EXCLUDE_NAME, Value::Null).await?;
+            }
+        }
+        count -= 1;
+        target.record.spec.role_mut(role).count = count;
+        target.revision = fleet.store(&target.record, target.revision).await?;
+        fleet.say(&format!("  cluster {name} now defines {count} {word} nodes"));
+        let h = wait_green(fleet, &es, waits).await?;
+        fleet.say(&format!("  {} removed; cluster {}", node.name, h.summary()));
+    }
+    Ok(())
+}
+
+async fn remove_data<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, node: &NodeRef) -> Result<(), OpsError> {
+    let health = es.health().await?;
+    let max_replicas = es.cat_indices().await?.iter().map(|i| i.replicas).max().unwrap_or(0);
+    let data_after = es
+        .cat_nodes()
+        .await?
+        .iter()
+        .filter(|n| n.is_data() && n.name != node.name)
+        .count() as u32;
+    core_es::data_removal_check(&health.status, max_replicas, data_after)
+        .map_err(|e| OpsError::Refused(format!("{} cannot be removed: {e}", node.name)))?;
+    match es.setting(EXCLUDE_NAME).await? {
+        Some(v) if v != node.name && !v.is_empty() => {
+            fleet.say(&format!("  {EXCLUDE_NAME} was {v:?}; replacing it with {}", node.name))
+        }
+        _ => {}
+    }
+    es.set_persistent(EXCLUDE_NAME, Value::from(node.name.as_str())).await?;
+    fleet.say(&format!(
+        "  {EXCLUDE_NAME}: {}; waiting for its shards to move",
+        node.name
+    ));
+    wait_until(fleet, waits, &format!("the shards to leave {}", node.name), || async {
+        let left = es.cat_shards().await?.iter().filter(|s| s.involves(&node.name)).count();
+        Ok(if left == 0 {
+            Step::Done(())
+        } else {
+            Step::Waiting(format!("{left} shard copies still on {}", node.name))
+        })
+    })
+    .await?;
+    fleet.stop(&node.unit).await?;
+    fleet.destroy(&node.unit).await?;
+    es.set_persistent(EXCLUDE_NAME, Value::Null).await?;
+    fleet.say(&format!("  {} destroyed; {EXCLUDE_NAME} cleared", node.unit));
+    Ok(())
+}
+
+async fn remove_master<F: FleetOps>(fleet: &F, es: &Es<'_>, node: &NodeRef, masters: u32) -> Result<(), OpsError> {
+    let coord = es.coordination().await?;
+    let ids = es.node_ids().await?;
+    let me = ids.iter().find(|(_, n)| **n == node.name).map(|(id, _)| id.clone());
+    let live_voters_after = coord
+        .voting_config
+        .iter()
+        .filter(|id| ids.contains_key(*id) && Some(*id) != me.as_ref())
+        .count();
+    core_es::master_removal_check(coord.voting_config.len(), live_voters_after, masters - 1)
+        .map_err(|e| OpsError::Refused(format!("{} cannot be removed: {e}", node.name)))?;
+    es.exclude_voter(&node.name).await?;
+    fleet.say(&format!("  {} excluded from the voting configuration", node.name));
+    fleet.stop(&node.unit).await?;
+    fleet.destroy(&node.unit).await?;
+    es.clear_voter_exclusions(true).await?;
+    fleet.say(&format!("  {} destroyed; voting exclusions cleared", node.unit));
+    Ok(())
+}
