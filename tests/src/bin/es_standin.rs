@@ -2,7 +2,7 @@
 //! See `esfleet_tests::es_standin` for what it models and what it does not.
 //!
 //! - `es_standin model --listen 127.0.0.1:9999 [--recovery-ms 1000] [--fault-detect-ms 1500]`
-//! - `es_standin node [-E key=value]...` with `ES_PATH_CONF` and `ESFLEET_STANDIN_MODEL`
+//! - `es_standin node [-E key=value]...` with `ES_PATH_CONF` and `STANDIN_MODEL_URL`
 //!   (`http://host:port`) in the environment. Invoked through a symlink named
 //!   `elasticsearch`, it behaves as `es_standin node` (so a unit's ExecStart can point at it).
 
@@ -40,7 +40,7 @@ enum Cmd {
         #[arg(long, env = "ES_PATH_CONF")]
         conf: PathBuf,
         /// The model, http://host:port.
-        #[arg(long, env = "ESFLEET_STANDIN_MODEL")]
+        #[arg(long, env = "STANDIN_MODEL_URL")]
         model: String,
         /// Setting overrides, as Elasticsearch's -E key=value.
         #[arg(short = 'E', value_name = "KEY=VALUE")]
@@ -103,7 +103,7 @@ async fn run() -> anyhow::Result<()> {
         }
         Cmd::Node { conf, model, settings } => {
             let Some(addr) = model.strip_prefix("http://") else {
-                bail!("ESFLEET_STANDIN_MODEL={model:?}: expected http://host:port");
+                bail!("STANDIN_MODEL_URL={model:?}: expected http://host:port");
             };
             let mut overrides = vec![];
             for s in settings {

@@ -12,7 +12,7 @@
 //!   `/_standin/` (`history`, `state`).
 //! - `es_standin node`: what a generated unit runs instead of `bin/elasticsearch`; it reads
 //!   `$ES_PATH_CONF/elasticsearch.yml` and `unicast_hosts.txt`, heartbeats the model
-//!   (`$ESFLEET_STANDIN_MODEL`) and forwards REST requests to it under its own identity.
+//!   (`$STANDIN_MODEL_URL`) and forwards REST requests to it under its own identity.
 //!
 //! Real Elasticsearch is a distributed system; here the shared state lives in the model
 //! process so a test can observe it, and the model decides what each node would see.

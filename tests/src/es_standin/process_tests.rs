@@ -217,7 +217,7 @@ async fn model_and_two_node_processes_go_green_and_exit_cleanly() {
             Command::new(&bin)
                 .arg("node")
                 .env("ES_PATH_CONF", &n.conf)
-                .env("ESFLEET_STANDIN_MODEL", format!("http://{model_addr}"))
+                .env("STANDIN_MODEL_URL", format!("http://{model_addr}"))
                 .kill_on_drop(true)
                 .spawn()
                 .unwrap(),
@@ -258,7 +258,7 @@ async fn model_and_two_node_processes_go_green_and_exit_cleanly() {
     let out = Command::new(&bin)
         .arg("node")
         .env("ES_PATH_CONF", &bad)
-        .env("ESFLEET_STANDIN_MODEL", format!("http://{model_addr}"))
+        .env("STANDIN_MODEL_URL", format!("http://{model_addr}"))
         .output()
         .await
         .unwrap();

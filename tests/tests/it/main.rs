@@ -25,3 +25,4 @@ mod t83_zone_loss;
 mod t84_partition_fencing;
 mod t85_leader_kill_during_start;
 mod t86_drain;
+mod t87_elasticsearch;
