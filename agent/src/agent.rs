@@ -8,6 +8,12 @@
 //! interval (the safety net, DESIGN.md decision 6); systemd's change notices trigger a
 //! state report between passes. Errors go to a backoff policy, never to a busy loop.
 //!
+//! Every full re-read also reads `retired/<machine>/`: data this machine's placements left
+//! when the machine was lost and their units were placed elsewhere. After a reconcile pass,
+//! records whose unit no longer runs here from that generation are handed to a background
+//! task that removes the data ([`crate::retire`], inside `--data-root` only) and then the
+//! record; the worker goes on reconciling meanwhile.
+//!
 //! Shutdown ([`Running::stop`]): stop the worker, stop the units if configured, then revoke
 //! the lease (the machine disappears at once), then stop the gRPC service.
 
@@ -17,7 +23,7 @@ use std::time::Duration;
 
 use esfleet_core::diff::check_entry;
 use esfleet_core::keys;
-use esfleet_core::model::{MachineRecord, ScheduleEntry};
+use esfleet_core::model::{MachineRecord, RetiredRecord, ScheduleEntry};
 use esfleet_core::UnitName;
 use esfleet_proto::etcdserverpb as pb;
 use esfleet_proto::mvccpb::event::EventType;
@@ -124,12 +130,15 @@ fn start_inner<M: UnitManager>(
     let shared = Shared::new(manager, ConfigRoot::new(cfg.config_root.clone()));
     let record = serde_json::to_string(&machine_record(&cfg)).expect("a MachineRecord always serializes");
     let timeout = cfg.timing.request_timeout;
-    let client = |endpoints: Vec<String>| match &channels {
-        Some(ch) => Client::with_channels(endpoints, ch.clone(), timeout),
-        None => Client::new(endpoints, timeout),
+    let new_client: Arc<dyn Fn() -> Client + Send + Sync> = {
+        let endpoints = cfg.endpoints.clone();
+        Arc::new(move || match &channels {
+            Some(ch) => Client::with_channels(endpoints.clone(), ch.clone(), timeout),
+            None => Client::new(endpoints.clone(), timeout),
+        })
     };
     let (mut session, status) = Session::new(
-        client(cfg.endpoints.clone()),
+        new_client(),
         UnitFencer(shared.clone()),
         cfg.timing,
         keys::machine(&cfg.machine_id),
@@ -155,7 +164,10 @@ fn start_inner<M: UnitManager>(
     let worker = Worker {
         health,
         prefix: keys::schedule_prefix(&cfg.machine_id),
-        client: client(cfg.endpoints.clone()),
+        client: new_client(),
+        new_client,
+        retired: Vec::new(),
+        cleanup: Cleanup::default(),
         shared: shared.clone(),
         session: status.clone(),
         seen: Status::default(),
@@ -254,12 +266,43 @@ enum Seen {
     Canceled,
 }
 
+/// A `retired/<machine>/<unit>` record as read.
+struct Tombstone {
+    key: String,
+    mod_revision: i64,
+    rec: RetiredRecord,
+}
+
+/// The background removal of retired data; aborted with the worker (a removal cut short
+/// is done again at the next full re-read: removing is idempotent).
+#[derive(Default)]
+struct Cleanup(Option<JoinHandle<()>>);
+
+impl Cleanup {
+    fn busy(&self) -> bool {
+        self.0.as_ref().is_some_and(|t| !t.is_finished())
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(t) = self.0.take() {
+            t.abort();
+        }
+    }
+}
+
 struct Worker<M> {
     cfg: Config,
     /// `HealthCheck=` results, reported with the states.
     health: Arc<Health>,
     prefix: String,
     client: Client,
+    /// Another connection like `client`, for the cleanup task.
+    new_client: Arc<dyn Fn() -> Client + Send + Sync>,
+    /// Retired records read at the last full re-read, not yet handed to the cleanup.
+    retired: Vec<Tombstone>,
+    cleanup: Cleanup,
     shared: Arc<Shared<M>>,
     session: watch::Receiver<Status>,
     /// The session as last acted on.
@@ -397,6 +440,7 @@ impl<M: UnitManager> Worker<M> {
                 tracing::warn!(error = %e, "reconcile pass incomplete");
             }
         }
+        self.retire();
         if let Err(e) = self.report().await {
             ok = false;
             tracing::warn!(error = %e, "cannot report unit states");
@@ -457,13 +501,122 @@ impl<M: UnitManager> Worker<M> {
             .await?;
         self.reporter
             .reset(&self.cfg.machine_id, &found, self.seen.lease.unwrap_or(0));
+        let (found, _) = self
+            .client
+            .range_prefix(&keys::retired_prefix(&self.cfg.machine_id))
+            .await?;
+        self.retired = self.tombstones(found);
         tracing::info!(
             units = self.desired.len(),
             refused = self.refused.len(),
+            retired = self.retired.len(),
             revision = rev,
             "schedule read"
         );
         self.client.watch(&self.prefix, rev + 1).await
+    }
+
+    /// The readable retired records among `kvs`; the others are logged and left alone.
+    fn tombstones(&self, kvs: Vec<esfleet_proto::mvccpb::KeyValue>) -> Vec<Tombstone> {
+        let prefix = keys::retired_prefix(&self.cfg.machine_id);
+        let mut out = Vec::new();
+        for kv in kvs {
+            let key = String::from_utf8_lossy(&kv.key).into_owned();
+            let raw = key.strip_prefix(&prefix).unwrap_or(&key);
+            match serde_json::from_slice::<RetiredRecord>(&kv.value) {
+                Ok(rec) if rec.unit.as_str() == raw => out.push(Tombstone {
+                    key,
+                    mod_revision: kv.mod_revision,
+                    rec,
+                }),
+                Ok(rec) => tracing::error!(
+                    key,
+                    unit = %rec.unit,
+                    "a retired-data record names another unit than its key; not acting on it. \
+                     The key stays for an operator: check it, then delete it"
+                ),
+                Err(e) => tracing::error!(
+                    key,
+                    error = %e,
+                    "cannot read a retired-data record; not acting on it. \
+                     The key stays for an operator: check it, then delete it"
+                ),
+            }
+        }
+        out
+    }
+
+    /// Hands the retired records whose unit no longer runs here from their generation to a
+    /// cleanup task (unless one is still running). A record whose unit is scheduled here
+    /// with that generation is left alone, key and data; one whose unit is still installed
+    /// from it (a reconcile pass has not removed it yet) waits for a later pass.
+    fn retire(&mut self) {
+        if self.retired.is_empty() || self.cleanup.busy() {
+            return;
+        }
+        let mut ready = Vec::new();
+        {
+            let local = self.shared.local();
+            for t in std::mem::take(&mut self.retired) {
+                let unit = &t.rec.unit;
+                if self.desired.get(unit).is_some_and(|e| e.generation == t.rec.generation) {
+                    tracing::info!(
+                        key = t.key,
+                        "the retired placement is scheduled here with its generation; its data and the record stay"
+                    );
+                    continue;
+                }
+                let installed = local.installed.contains_key(unit)
+                    && local.generation.get(unit).is_none_or(|g| *g == t.rec.generation);
+                if installed {
+                    self.retired.push(t);
+                } else {
+                    ready.push(t);
+                }
+            }
+        }
+        if ready.is_empty() {
+            return;
+        }
+        let in_use: Vec<String> = self
+            .desired
+            .values()
+            .filter_map(|e| e.files.get(esfleet_core::es::ELASTICSEARCH_YML))
+            .filter_map(|yml| crate::retire::path_data(yml))
+            .collect();
+        let root = self.cfg.data_root.clone();
+        let mut client = (self.new_client)();
+        self.cleanup.0 = Some(tokio::spawn(async move {
+            for t in ready {
+                match crate::retire::remove_record(root.clone(), t.rec.clone(), in_use.clone()).await {
+                    Ok(removed) => match client.delete_if_unchanged(&t.key, t.mod_revision).await {
+                        Ok(deleted) => tracing::info!(
+                            key = t.key,
+                            paths = ?t.rec.paths,
+                            removed,
+                            deleted,
+                            "removed the data a retired placement left here"
+                        ),
+                        Err(e) => tracing::warn!(
+                            key = t.key,
+                            error = %e,
+                            "removed a retired placement's data, but cannot delete its record; the next full re-read retries"
+                        ),
+                    },
+                    Err(e) if e.is_refusal() => tracing::error!(
+                        key = t.key,
+                        error = %e,
+                        "not removing a retired placement's data. The key stays for an operator: \
+                         check the path, remove what should go by hand, then delete the key"
+                    ),
+                    Err(e) => tracing::warn!(
+                        key = t.key,
+                        error = %e,
+                        "cannot remove a retired placement's data; the next full re-read retries"
+                    ),
+                }
+            }
+        }));
     }
 
     fn on_watch(&mut self, resp: pb::WatchResponse) -> Seen {

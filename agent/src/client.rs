@@ -246,6 +246,18 @@ impl Client {
             .await
     }
 
+    /// Deletes `key` if it was last modified at `mod_revision` (a record rewritten since it
+    /// was read stays). Returns whether it deleted.
+    pub async fn delete_if_unchanged(&mut self, key: &str, mod_revision: i64) -> Result<bool> {
+        let unchanged = compare_key(
+            key,
+            compare::CompareTarget::Mod,
+            compare::TargetUnion::ModRevision(mod_revision),
+        );
+        let del = request_op::Request::RequestDeleteRange(delete(key));
+        Ok(self.txn(txn(vec![unchanged], vec![del], vec![])).await?.succeeded)
+    }
+
     /// Writes `value` at `key` on `lease` unless a live record of another lease is there
     /// (compare `create_revision == 0`; if that fails, the key's lease must be ours).
     pub async fn register(&mut self, key: &str, value: &str, lease: i64) -> Result<Registration> {

@@ -39,6 +39,12 @@ pub struct Flags {
     /// (the unit sees it as ESFLEET_CONFIG_DIR). An absolute path.
     #[arg(long, env = "ESFLEET_AGENT_CONFIG_ROOT", default_value = crate::configfiles::DEFAULT_CONFIG_ROOT)]
     pub config_root: PathBuf,
+    /// The only directory tree the agent removes data in: when this machine returns after
+    /// being lost, the data directories its placements left (Elasticsearch nodes recreated
+    /// elsewhere) are removed if they lie inside it. An absolute path; cluster.toml's
+    /// data_root should be inside it.
+    #[arg(long, env = "ESFLEET_AGENT_DATA_ROOT", default_value = crate::retire::DEFAULT_DATA_ROOT)]
+    pub data_root: PathBuf,
     /// At start, raise vm.max_map_count to N if it is lower (Elasticsearch's bootstrap
     /// check wants 262144). A failure is logged, not fatal.
     #[arg(long, env = "ESFLEET_AGENT_SET_MAX_MAP_COUNT")]
@@ -90,6 +96,8 @@ pub struct Config {
     pub unit_dir: PathBuf,
     /// Units' config directories go under it (`--config-root`; absolute, validated).
     pub config_root: PathBuf,
+    /// Retired placements' data is removed only inside it (`--data-root`; absolute, validated).
+    pub data_root: PathBuf,
     /// Raise `vm.max_map_count` to this at start (`--set-max-map-count`).
     pub set_max_map_count: Option<u64>,
     pub data_path: PathBuf,
@@ -231,24 +239,40 @@ pub fn parse_metadata(list: &str) -> Result<BTreeMap<String, String>, ConfigErro
 /// command lines, so nothing that needs quoting). Returns it normalised (no `.`, no
 /// trailing or doubled `/`).
 pub fn validate_config_root(path: &std::path::Path) -> Result<PathBuf, ConfigError> {
+    validate_root(
+        "--config-root",
+        path,
+        crate::configfiles::DEFAULT_CONFIG_ROOT,
+        "the path reaches unit command lines as ESFLEET_CONFIG_DIR",
+    )
+}
+
+/// Validates `--data-root` by the rules of `--config-root`: the agent removes retired data
+/// directories only inside it, so it must be a real directory of its own, never `/`.
+pub fn validate_data_root(path: &std::path::Path) -> Result<PathBuf, ConfigError> {
+    validate_root(
+        "--data-root",
+        path,
+        crate::retire::DEFAULT_DATA_ROOT,
+        "cluster.toml's data_root, which must lie inside it, allows no others",
+    )
+}
+
+/// The rules both roots share; `chars`: why only plain characters.
+fn validate_root(flag: &str, path: &std::path::Path, example: &str, chars: &str) -> Result<PathBuf, ConfigError> {
     use std::path::Component;
     let shown = path.display();
     if !path.is_absolute() {
         return err(format!(
-            "--config-root {shown:?} is not an absolute path; give one such as {}",
-            crate::configfiles::DEFAULT_CONFIG_ROOT
+            "{flag} {shown:?} is not an absolute path; give one such as {example}"
         ));
     }
     let mut out = PathBuf::from("/");
     for c in path.components() {
         match c {
             Component::RootDir | Component::CurDir => {}
-            Component::ParentDir => {
-                return err(format!(
-                    "--config-root {shown:?} contains '..'; give the path without it"
-                ))
-            }
-            Component::Prefix(_) => return err(format!("--config-root {shown:?} is not a Unix path")),
+            Component::ParentDir => return err(format!("{flag} {shown:?} contains '..'; give the path without it")),
+            Component::Prefix(_) => return err(format!("{flag} {shown:?} is not a Unix path")),
             Component::Normal(part) => {
                 let ok = part.to_str().is_some_and(|p| {
                     p.chars()
@@ -256,8 +280,7 @@ pub fn validate_config_root(path: &std::path::Path) -> Result<PathBuf, ConfigErr
                 });
                 if !ok {
                     return err(format!(
-                        "--config-root {shown:?}: {:?} has characters other than letters, digits, '.', '_', '-', '+', '@' \
-                         (the path reaches unit command lines as ESFLEET_CONFIG_DIR)",
+                        "{flag} {shown:?}: {:?} has characters other than letters, digits, '.', '_', '-', '+', '@' ({chars})",
                         part.to_string_lossy()
                     ));
                 }
@@ -266,7 +289,9 @@ pub fn validate_config_root(path: &std::path::Path) -> Result<PathBuf, ConfigErr
         }
     }
     if out == std::path::Path::new("/") {
-        return err("--config-root must not be / itself; give a directory of its own, e.g. /etc/esfleet/units");
+        return err(format!(
+            "{flag} must not be / itself; give a directory of its own, e.g. {example}"
+        ));
     }
     Ok(out)
 }
@@ -324,6 +349,7 @@ impl Flags {
         }
         .validate()?;
         let config_root = validate_config_root(&self.config_root)?;
+        let data_root = validate_data_root(&self.data_root)?;
         if let Some(n) = self.set_max_map_count {
             if n == 0 || n > MAX_MAP_COUNT_LIMIT {
                 return err(format!(
@@ -340,6 +366,7 @@ impl Flags {
             metadata,
             unit_dir: self.unit_dir,
             config_root,
+            data_root,
             set_max_map_count: self.set_max_map_count,
             data_path: self.data_path,
             timing,
@@ -394,6 +421,11 @@ mod tests {
         assert!(ok("/").unwrap_err().0.contains("not be /"));
         assert!(ok("/etc/my units").unwrap_err().0.contains("characters"));
         assert!(ok("/etc/$HOME").unwrap_err().0.contains("characters"));
+        let data = |s: &str| validate_data_root(std::path::Path::new(s)).map(|p| p.display().to_string());
+        assert_eq!(data("/var/lib//esfleet/").unwrap(), "/var/lib/esfleet");
+        assert!(data("/").unwrap_err().0.contains("--data-root must not be /"));
+        assert!(data("/var/../lib").unwrap_err().0.contains("--data-root"));
+        assert!(data("lib").unwrap_err().0.contains("/var/lib/esfleet"));
     }
 
     #[test]
@@ -415,6 +447,13 @@ mod tests {
         let cfg = parse(&[]).unwrap();
         assert_eq!(cfg.config_root, PathBuf::from("/etc/esfleet/units"));
         assert_eq!(cfg.set_max_map_count, None);
+        assert_eq!(cfg.data_root, PathBuf::from("/var/lib/esfleet"));
+        let cfg = parse(&["--data-root", "/srv/data/"]).unwrap();
+        assert_eq!(cfg.data_root, PathBuf::from("/srv/data"));
+        assert!(parse(&["--data-root", "/srv/../x"])
+            .unwrap_err()
+            .0
+            .contains("--data-root"));
         let cfg = parse(&["--config-root", "/srv/es/conf/", "--set-max-map-count", "262144"]).unwrap();
         assert_eq!(cfg.config_root, PathBuf::from("/srv/es/conf"));
         assert_eq!(cfg.set_max_map_count, Some(262_144));

@@ -15,5 +15,6 @@ pub mod inspect;
 pub mod manager;
 pub mod reconcile;
 pub mod report;
+pub mod retire;
 pub mod session;
 pub mod unitfiles;

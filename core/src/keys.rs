@@ -19,6 +19,10 @@ pub const UNPLACEABLE: &str = "/esfleet/unplaceable/";
 /// `es/<cluster>`: an Elasticsearch cluster definition (`esfleet es apply`), a
 /// `core::es::ClusterRecord` in JSON. The scheduler renders each node's configuration from it.
 pub const ES: &str = "/esfleet/es/";
+/// `retired/<machine>/<unit>`: a placement the scheduler removed from a lost machine,
+/// whose data that machine still holds (a `RetiredRecord` in JSON). Written by the
+/// scheduler; the machine's agent removes the data when it registers again, then the key.
+pub const RETIRED: &str = "/esfleet/retired/";
 
 pub fn es_cluster(name: &str) -> String {
     format!("{ES}{name}")
@@ -46,6 +50,12 @@ pub fn drain(machine: &str) -> String {
 }
 pub fn unplaceable(name: &UnitName) -> String {
     format!("{UNPLACEABLE}{name}")
+}
+pub fn retired_prefix(machine: &str) -> String {
+    format!("{RETIRED}{machine}/")
+}
+pub fn retired(machine: &str, unit: &UnitName) -> String {
+    format!("{RETIRED}{machine}/{unit}")
 }
 
 /// etcd's `range_end` for "every key with this prefix".
@@ -75,5 +85,7 @@ mod tests {
         assert_eq!(schedule("m1", &u), "/esfleet/schedule/m1/es@1.service");
         assert_eq!(split_two(&state("m1", &u), STATES), Some(("m1", "es@1.service")));
         assert_eq!(prefix_end("/a/"), b"/a0".to_vec());
+        assert_eq!(retired("m1", &u), format!("{}es@1.service", retired_prefix("m1")));
+        assert_eq!(split_two(&retired("m1", &u), RETIRED), Some(("m1", "es@1.service")));
     }
 }

@@ -194,6 +194,26 @@ pub struct DrainRecord {
     pub done: bool,
 }
 
+/// `retired/<machine>/<unit>`: the data a placement left on a machine that was lost (its
+/// record gone past the loss margin) when the scheduler placed the unit elsewhere. Written
+/// by the scheduler next to the deletion of the schedule entry; when the machine's agent
+/// registers again it removes `paths` (only inside its `--data-root`, and only if the unit
+/// is not scheduled there with this `generation`), then deletes the key.
+///
+/// Only Elasticsearch nodes leave one: their data is large, and a recreated node starts
+/// from an empty directory of a new generation, so the old one is garbage once the node
+/// runs elsewhere. An unload, a stop or a drain leaves no record (the machine was alive and
+/// the data stays, as with any unit).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct RetiredRecord {
+    pub unit: UnitName,
+    /// The generation of the placement that was removed.
+    pub generation: u64,
+    /// Absolute directories the placement used (`<data_root>/<node>/<generation>`).
+    #[serde(default)]
+    pub paths: Vec<String>,
+}
+
 /// The `Environment=` facts a placement gives its unit (DESIGN.md decision 7).
 pub fn placement_env(machine: &MachineRecord, generation: u64) -> BTreeMap<String, String> {
     let mut env = BTreeMap::new();

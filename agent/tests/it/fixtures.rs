@@ -221,6 +221,8 @@ pub fn agent_config(endpoints: Vec<String>, machine: &str, timing: Timing) -> Co
         unit_dir: "/nonexistent".into(),
         // Never /etc: a test that writes config files gives a temporary root of its own.
         config_root: std::env::temp_dir().join("esfleet-agent-tests-no-files"),
+        // Never /var/lib: a test that removes retired data gives a temporary root of its own.
+        data_root: std::env::temp_dir().join("esfleet-agent-tests-no-data"),
         set_max_map_count: None,
         data_path: "/".into(),
         timing,

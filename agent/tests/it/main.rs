@@ -9,3 +9,4 @@ mod t30_hostile;
 mod t40_fence;
 mod t50_watch_resume;
 mod t60_config_files;
+mod t70_retired;

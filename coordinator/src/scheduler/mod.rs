@@ -406,10 +406,20 @@ pub fn build_view(snap: &StoreSnapshot, suspect: BTreeSet<String>, avoid: BTreeS
     }
 }
 
-/// The plan as KV operations: schedule entries, then unplaceable reasons that changed.
+/// The plan as KV operations: tombstones of data left on lost machines, schedule entries,
+/// unplaceable reasons that changed, then cluster records marked bootstrapped.
 pub fn plan_ops(snap: &StoreSnapshot, plan: &Plan) -> Vec<pb::RequestOp> {
-    let mut ops = Vec::with_capacity(plan.actions.len());
+    let mut ops = Vec::with_capacity(plan.retired.len() + plan.actions.len());
     let mut touched = BTreeSet::new();
+    // Before the deletions they go with: chunks land in order, so a placement is never
+    // gone without its tombstone (a failed later chunk only means both are written again).
+    for (machine, rec) in &plan.retired {
+        let key = keys::retired(machine, &rec.unit);
+        if touched.insert(key.clone()) {
+            let value = serde_json::to_vec(rec).expect("a retired record serializes");
+            ops.push(txn::put(&key, value));
+        }
+    }
     for a in &plan.actions {
         match a {
             Action::Put { machine, entry } => {
@@ -499,4 +509,53 @@ pub fn drain_progress(
         }
     }
     ops
+}
+
+#[cfg(test)]
+mod tests {
+    use esfleet_core::model::RetiredRecord;
+
+    use super::*;
+
+    fn key_of(op: &pb::RequestOp) -> (&'static str, String, Vec<u8>) {
+        match op.request.as_ref().unwrap() {
+            pb::request_op::Request::RequestPut(p) => {
+                ("put", String::from_utf8(p.key.to_vec()).unwrap(), p.value.to_vec())
+            }
+            pb::request_op::Request::RequestDeleteRange(d) => {
+                ("delete", String::from_utf8(d.key.to_vec()).unwrap(), Vec::new())
+            }
+            other => panic!("unexpected op {other:?}"),
+        }
+    }
+
+    #[test]
+    fn tombstones_are_written_before_the_deletions_they_go_with() {
+        let unit = UnitName::new("logs-d@1.service").unwrap();
+        let rec = RetiredRecord {
+            unit: unit.clone(),
+            generation: 17,
+            paths: vec!["/var/lib/esfleet/es/logs-d1/17".into()],
+        };
+        let plan = Plan {
+            actions: vec![Action::Delete {
+                machine: "m1".into(),
+                unit: unit.clone(),
+            }],
+            retired: vec![("m1".into(), rec.clone())],
+            ..Plan::default()
+        };
+        let ops = plan_ops(&StoreSnapshot::default(), &plan);
+        let ops: Vec<_> = ops.iter().map(key_of).collect();
+        assert_eq!(ops.len(), 2, "{ops:?}");
+        assert_eq!(
+            (ops[0].0, ops[0].1.as_str()),
+            ("put", "/esfleet/retired/m1/logs-d@1.service")
+        );
+        assert_eq!(serde_json::from_slice::<RetiredRecord>(&ops[0].2).unwrap(), rec);
+        assert_eq!(
+            (ops[1].0, ops[1].1.as_str()),
+            ("delete", "/esfleet/schedule/m1/logs-d@1.service")
+        );
+    }
 }

@@ -22,7 +22,7 @@ use crate::model::MachineRecord;
 use crate::name::UnitName;
 
 pub use checks::{bootstrap_check, data_removal_check, master_removal_check, MIN_MAX_MAP_COUNT, MIN_THREADS_MAX};
-pub use render::{render_files, MasterAddr, ELASTICSEARCH_YML, UNICAST_HOSTS_TXT};
+pub use render::{data_dir, render_files, MasterAddr, ELASTICSEARCH_YML, UNICAST_HOSTS_TXT};
 pub use spec::{
     default_heap, jvm_size, parse_es_size, parse_spec, unit_size, ClusterSpec, Location, RoleSpec, Runtime, SpecError,
     MAX_HEAP_BYTES, MAX_NODE_NAME,

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{ClusterRecord, Node, Role};
+use super::{ClusterRecord, ClusterSpec, Node, Role};
 use crate::model::MachineRecord;
 
 pub const ELASTICSEARCH_YML: &str = "elasticsearch.yml";
@@ -62,10 +62,7 @@ pub fn render_files(
         &machine.address
     };
     set("network.publish_host", json!(publish));
-    set(
-        "path.data",
-        json!(format!("{}/{}/{generation}", spec.data_root, node.name)),
-    );
+    set("path.data", json!(data_dir(spec, &node.name, generation)));
     if !spec.zones.is_empty() {
         set("cluster.routing.allocation.awareness.attributes", json!("zone"));
         set(
@@ -120,6 +117,14 @@ pub fn render_files(
         (ELASTICSEARCH_YML.to_string(), yml),
         (UNICAST_HOSTS_TXT.to_string(), unicast),
     ])
+}
+
+/// The data directory of `node`'s placement of this `generation`: `<data_root>/<node>/<generation>`
+/// (`path.data`; the unit's start command creates it). A new placement gets a new
+/// generation, so a recreated node never starts on another placement's data; the scheduler
+/// names the old directory in a `RetiredRecord` when a lost machine's placement goes.
+pub fn data_dir(spec: &ClusterSpec, node: &str, generation: u64) -> String {
+    format!("{}/{node}/{generation}", spec.data_root)
 }
 
 /// `host:port`, with an IPv6 address in brackets as Elasticsearch expects.

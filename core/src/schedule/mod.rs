@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{MachineRecord, ScheduleEntry, UnitRecord, UnitState};
+use crate::model::{MachineRecord, RetiredRecord, ScheduleEntry, UnitRecord, UnitState};
 use crate::name::UnitName;
 
 #[cfg(test)]
@@ -16,6 +16,8 @@ mod pass;
 #[cfg(test)]
 mod proptests;
 mod reason;
+#[cfg(test)]
+mod retire_tests;
 #[cfg(test)]
 mod tests;
 
@@ -69,11 +71,18 @@ pub struct Plan {
     /// bootstrapped (their records' `bootstrapped` becomes true).
     #[serde(default)]
     pub es_bootstrapped: BTreeSet<String>,
+    /// Data left behind on lost machines, (machine, record), sorted: for every Elasticsearch
+    /// node whose placement on a lost machine this plan deletes (the unit still wanted, so
+    /// it is placed anew elsewhere), the data directory of that placement. Written to
+    /// `retired/<machine>/<unit>`; the machine's agent cleans up when it returns. [`apply`]
+    /// ignores it (it is not a placement).
+    #[serde(default)]
+    pub retired: Vec<(String, RetiredRecord)>,
 }
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.actions.is_empty() && self.es_bootstrapped.is_empty()
+        self.actions.is_empty() && self.es_bootstrapped.is_empty() && self.retired.is_empty()
     }
 }
 

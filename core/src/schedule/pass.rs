@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::globs::{Globs, SetId};
 use super::{Action, ClusterView, Config, Plan};
-use crate::model::{placement_env, DesiredState, MachineRecord, ScheduleEntry, UnitRecord};
+use crate::model::{placement_env, DesiredState, MachineRecord, RetiredRecord, ScheduleEntry, UnitRecord};
 use crate::name::UnitName;
 
 pub(super) type Uid = usize;
@@ -144,6 +144,8 @@ pub(super) struct Pass<'a> {
     pub globs: Globs,
     pub actions: Vec<Action>,
     pub unplaceable: std::collections::BTreeMap<UnitName, String>,
+    /// Data directories left on lost machines by the placements deleted there.
+    pub retired: Vec<(String, RetiredRecord)>,
     /// Per group: members mid-move (old placement on a draining machine, replacement not yet
     /// active).
     pub unavailable: Vec<u32>,
@@ -309,6 +311,7 @@ impl<'a> Pass<'a> {
             globs: Globs::default(),
             actions: Vec::new(),
             unplaceable: Default::default(),
+            retired: Vec::new(),
             unavailable: Vec::new(),
             cands: Vec::new(),
         };
@@ -616,10 +619,37 @@ impl<'a> Pass<'a> {
     }
 
     pub(super) fn delete(&mut self, m: Mid, unit: &UnitName) {
+        if self.machines[m].state == MState::Lost {
+            self.retire(m, unit);
+        }
         self.actions.push(Action::Delete {
             machine: self.machines[m].id.to_string(),
             unit: unit.clone(),
         });
+    }
+
+    /// A placement of an Elasticsearch node deleted from a lost machine: record the data
+    /// directory it used there, so the machine's agent removes it when the machine returns.
+    /// Only for a unit still wanted (it is placed anew, on an empty directory of a new
+    /// generation): a unit unloaded or destroyed while its machine was away keeps its data,
+    /// as an unload on a live machine does.
+    fn retire(&mut self, m: Mid, unit: &UnitName) {
+        let Some(&u) = self.uid.get(unit.as_str()) else { return };
+        let Some((rec, node)) = self.units[u].es.as_ref().filter(|_| self.units[u].wanted) else {
+            return;
+        };
+        let machine = self.machines[m].id;
+        let Some(entry) = self.view.placements.get(machine).and_then(|p| p.get(unit)) else {
+            return;
+        };
+        self.retired.push((
+            machine.to_string(),
+            RetiredRecord {
+                unit: unit.clone(),
+                generation: entry.generation,
+                paths: vec![crate::es::data_dir(&rec.spec, &node.name, entry.generation)],
+            },
+        ));
     }
 
     fn occupy(&mut self, u: Uid, m: Mid, counted: bool) {
@@ -1286,10 +1316,14 @@ impl<'a> Pass<'a> {
             matches!(a, Action::Put { .. }) || !puts.contains(&(a.machine().to_string(), a.unit().clone()))
         });
         actions.dedup();
+        let mut retired = self.retired;
+        retired.sort();
+        retired.dedup();
         Plan {
             actions,
             unplaceable: self.unplaceable,
             es_bootstrapped: boot,
+            retired,
         }
     }
 }

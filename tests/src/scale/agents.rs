@@ -74,6 +74,7 @@ pub async fn run(g: Group) -> anyhow::Result<()> {
             metadata: BTreeMap::from([("zone".to_string(), zone), ("rack".to_string(), rack)]),
             unit_dir: PathBuf::from("/nonexistent"),
             config_root: std::env::temp_dir().join("esfleet-scale-config"),
+            data_root: std::env::temp_dir().join("esfleet-scale-data"),
             set_max_map_count: None,
             data_path: std::env::temp_dir(),
             timing: Timing::default(),

@@ -1,0 +1,209 @@
+//! Tombstones for data left on lost machines (`Plan::retired`): an Elasticsearch node whose
+//! placement on a lost machine is deleted (and placed anew elsewhere) names the data
+//! directory it used there; nothing else does — not a suspect machine, not a drain, not an
+//! unload, not a unit that is not an Elasticsearch node.
+
+use std::collections::BTreeMap;
+
+use super::tests::{machine, name, Sim};
+use super::*;
+use crate::es::{data_dir, instances, parse_spec, templates, ClusterRecord};
+use crate::model::{unit_hash, DesiredState, RetiredRecord, UnitRecord};
+use crate::options::XFleet;
+use crate::unit::validate_unit;
+
+const SPEC: &str = r#"
+name = "logs"
+zones = ["a", "b", "c"]
+runtime = "plain"
+data_root = "/srv/es"
+[master]
+count = 3
+memory = "2g"
+[data]
+count = 3
+memory = "2g"
+"#;
+
+/// Nine machines in three zones running the cluster `logs`, plus `web.service` (not an
+/// Elasticsearch node), everything placed.
+fn placed() -> Sim {
+    let mut sim = Sim::new();
+    for z in ["a", "b", "c"] {
+        for i in 1..=3 {
+            let mut m = machine(&format!("{z}{i}"), &[("zone", z)]);
+            m.address = format!("10.0.{}.{i}", z.as_bytes()[0]);
+            m.facts.max_map_count = 262_144;
+            m.facts.threads_max = 100_000;
+            sim.add_machine(m);
+        }
+    }
+    let spec = parse_spec(SPEC).unwrap();
+    let add = |sim: &mut Sim, n: &str, text: &str, desired: DesiredState| {
+        let unit = validate_unit(&name(n), text).unwrap();
+        sim.view.units.insert(
+            name(n),
+            UnitRecord {
+                name: name(n),
+                text: text.to_string(),
+                hash: unit_hash(text),
+                desired,
+                options: unit.options,
+                has_install: false,
+            },
+        );
+    };
+    let mut texts = BTreeMap::new();
+    for (unit, text) in templates(&spec) {
+        add(&mut sim, unit.as_str(), &text, DesiredState::Inactive);
+        texts.insert(unit.prefix().to_string(), text);
+    }
+    for unit in instances(&spec) {
+        add(&mut sim, unit.as_str(), &texts[unit.prefix()], DesiredState::Launched);
+    }
+    sim.view.es.insert(
+        "logs".into(),
+        ClusterRecord {
+            spec,
+            bootstrapped: true,
+        },
+    );
+    sim.add("web.service", DesiredState::Launched, XFleet::default());
+    let plan = sim.step();
+    assert!(plan.unplaceable.is_empty(), "{:?}", plan.unplaceable);
+    assert!(plan.retired.is_empty(), "{:?}", plan.retired);
+    sim
+}
+
+/// Every unit reports active and healthy where it is placed (a drain's replacement counts
+/// as up only then).
+fn all_healthy(sim: &mut Sim) {
+    let placed: Vec<(String, String)> = sim
+        .view
+        .placements
+        .iter()
+        .flat_map(|(m, units)| units.keys().map(move |u| (m.clone(), u.to_string())))
+        .collect();
+    for (m, u) in placed {
+        sim.activate_on(&m, &u);
+        sim.view.states.get_mut(&m).unwrap().get_mut(&name(&u)).unwrap().healthy = Some(true);
+    }
+}
+
+#[test]
+fn a_lost_machines_es_placements_leave_a_tombstone_naming_their_data_dir() {
+    let mut sim = placed();
+    let lost = sim.machine_of("logs-d@1.service");
+    let on_it: Vec<(UnitName, u64)> = sim.view.placements[&lost]
+        .iter()
+        .map(|(u, e)| (u.clone(), e.generation))
+        .collect();
+    sim.lose(&lost);
+    let plan = sim.step();
+    assert_ne!(sim.machine_of("logs-d@1.service"), lost, "placed anew elsewhere");
+
+    let spec = &sim.view.es["logs"].spec;
+    let want: Vec<(String, RetiredRecord)> = on_it
+        .iter()
+        .filter(|(u, _)| u.as_str().starts_with("logs-"))
+        .map(|(u, gen)| {
+            let node = crate::es::node_of(spec, u).unwrap().name;
+            (
+                lost.clone(),
+                RetiredRecord {
+                    unit: u.clone(),
+                    generation: *gen,
+                    paths: vec![data_dir(spec, &node, *gen)],
+                },
+            )
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(plan.retired, want);
+    let d1 = want
+        .iter()
+        .find(|(_, r)| r.unit.as_str() == "logs-d@1.service")
+        .unwrap();
+    assert_eq!(
+        d1.1.paths,
+        vec![format!("/srv/es/logs-d1/{}", d1.1.generation)],
+        "the placement's path.data"
+    );
+    for (_, r) in &plan.retired {
+        assert!(
+            plan.actions
+                .iter()
+                .any(|a| matches!(a, Action::Delete { machine, unit } if *machine == lost && *unit == r.unit)),
+            "a tombstone only with the deletion of its placement: {plan:#?}"
+        );
+    }
+    // The node's new placement renders a new generation's directory, never the old one.
+    let new = sim.machine_of("logs-d@1.service");
+    let yml = &sim.entry(&new, "logs-d@1.service").files["elasticsearch.yml"];
+    assert!(!yml.contains(&d1.1.paths[0]), "{yml}");
+    // Written once: the next pass has no placement there left to retire.
+    assert!(schedule(&sim.view, &Config::default()).retired.is_empty());
+}
+
+#[test]
+fn a_non_es_unit_on_a_lost_machine_leaves_none() {
+    let mut sim = placed();
+    let lost = sim.machine_of("web.service");
+    sim.lose(&lost);
+    let plan = sim.step();
+    assert_ne!(sim.machine_of("web.service"), lost);
+    assert!(
+        plan.retired.iter().all(|(_, r)| r.unit.as_str() != "web.service"),
+        "{:?}",
+        plan.retired
+    );
+}
+
+#[test]
+fn a_suspect_machine_keeps_its_placements_and_leaves_none() {
+    let mut sim = placed();
+    let m = sim.machine_of("logs-d@1.service");
+    sim.lose(&m);
+    sim.view.suspect.insert(m.clone());
+    let plan = sim.step();
+    assert!(plan.retired.is_empty(), "{:?}", plan.retired);
+    assert_eq!(sim.machine_of("logs-d@1.service"), m);
+}
+
+#[test]
+fn a_drain_leaves_none() {
+    let mut sim = placed();
+    let m = sim.machine_of("logs-d@1.service");
+    sim.view.draining.insert(m.clone());
+    for _ in 0..10 {
+        all_healthy(&mut sim);
+        let plan = sim.step();
+        assert!(plan.retired.is_empty(), "{:?}", plan.retired);
+        if !sim.view.placements.contains_key(&m) {
+            return;
+        }
+    }
+    panic!("the drain never finished: {:?}", sim.view.placements[&m].keys());
+}
+
+#[test]
+fn an_unload_leaves_none_on_a_live_or_a_lost_machine() {
+    let mut sim = placed();
+    sim.view.units.get_mut(&name("logs-d@1.service")).unwrap().desired = DesiredState::Inactive;
+    let plan = sim.step();
+    assert!(sim.machines_of("logs-d@1.service").is_empty());
+    assert!(plan.retired.is_empty(), "{:?}", plan.retired);
+
+    // Unloaded while its machine is away: the data stays, as with an unload on a live one.
+    let mut sim = placed();
+    let m2 = sim.machine_of("logs-d@2.service");
+    sim.lose(&m2);
+    sim.view.units.get_mut(&name("logs-d@2.service")).unwrap().desired = DesiredState::Inactive;
+    let plan = sim.step();
+    assert!(sim.machines_of("logs-d@2.service").is_empty());
+    assert!(
+        plan.retired.iter().all(|(_, r)| r.unit.as_str() != "logs-d@2.service"),
+        "{:?}",
+        plan.retired
+    );
+}
