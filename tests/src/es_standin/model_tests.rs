@@ -690,3 +690,26 @@ fn quick_restart_on_own_data_fails_copies_and_recovers_fast() {
     assert_eq!(w.copies().iter().flatten().filter(|c| c.0 == "logs-d1").count(), held);
     assert!(!w.statuses_seen().contains("red"));
 }
+
+#[test]
+fn losing_the_elected_masters_zone_is_yellow_never_red() {
+    let mut w = green_cluster(3, 6, 1);
+    let master = w.cluster().master.clone().expect("a master");
+    let master_name = w.m.nodes[&master].info.node_name.clone();
+    let zone = w.m.nodes[&master].info.attributes["zone"].clone();
+    let doomed: Vec<String> = w
+        .m
+        .nodes
+        .values()
+        .filter(|n| n.alive && n.info.attributes.get("zone") == Some(&zone))
+        .map(|n| n.info.node_name.clone())
+        .collect();
+    assert!(doomed.len() >= 2, "{master_name} in zone {zone} with a data node: {doomed:?}");
+    for name in &doomed {
+        w.kill(name);
+    }
+    w.advance(2000);
+    assert!(w.cluster().master.is_some());
+    w.advance(5000);
+    assert!(!w.statuses_seen().contains("red"), "{:#?}", w.m.history);
+}

@@ -394,7 +394,13 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     println!("zone {lost_zone} crashed → green again: {:?}", t.elapsed());
     let h = es.history();
     let seen = statuses_since(&h, from);
-    assert!(!seen.iter().any(|s| s == "red"), "red after the zone loss: {seen:?}");
+    let entries: Vec<&Value> = h["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["t_ms"].as_u64().unwrap_or(0) >= from)
+        .collect();
+    assert!(!seen.iter().any(|s| s == "red"), "red after the zone loss: {entries:#?}");
     assert!(
         seen.iter().any(|s| s == "yellow"),
         "losing copies never showed: {seen:?}"
@@ -425,4 +431,52 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     );
     let (ok, text) = esfleet(&c, &["es", "status", "logs"]);
     assert!(ok && text.contains("green"), "{text}");
+
+    // 5. A data node's host is cut off past its lease: the node is fenced there and
+    //    recreated elsewhere, and the scheduler leaves a tombstone for its old data dir.
+    //    When the host comes back, its agent removes that dir and the tombstone.
+    let at = c
+        .wait_units_running(&["logs-d@1.service", "logs-d@2.service", "logs-d@3.service"], PATIENCE)
+        .unwrap();
+    let (unit, host) = at
+        .iter()
+        .find(|(_, h)| zone_of(h) == "zb")
+        .map(|(u, h)| (u.clone(), h.clone()))
+        .expect("a data node in zone zb");
+    let yml = c
+        .hosts()
+        .exec_ok(&host, &["cat", &format!("/etc/esfleet/units/{unit}/elasticsearch.yml")])
+        .unwrap();
+    let old_path = yml
+        .lines()
+        .find_map(|l| l.strip_prefix("path.data: "))
+        .unwrap()
+        .trim_matches('"')
+        .to_string();
+    c.hosts().exec_ok(&host, &["test", "-d", &old_path]).unwrap();
+    let from = model_now(&es.history());
+    c.partition(&host).unwrap();
+    let tombstone = format!("/esfleet/retired/{}/{unit}", c.machine_id(&host));
+    wait_for("the tombstone", PATIENCE, Duration::from_millis(300), || {
+        let out = c.etcdctl(&["get", &tombstone, "--print-value-only"])?;
+        Ok(out.stdout.contains(&old_path).then_some(()))
+    })
+    .unwrap();
+    let moved = wait_for("the cut-off data node active elsewhere", PATIENCE, Duration::from_millis(200), || {
+        let copies = c.live_copies(&[unit.as_str()])?;
+        Ok(copies.get(&unit).and_then(|hs| hs.iter().find(|h| **h != host).cloned()))
+    })
+    .unwrap();
+    println!("{unit} cut off on {host} → active on {moved}");
+    es.wait_green("green with the node recreated");
+    c.heal(&host).unwrap();
+    wait_for("the old data dir removed and the tombstone gone", PATIENCE, Duration::from_millis(300), || {
+        let gone = !c.hosts().exec(&host, &["test", "-e", &old_path])?.success();
+        let key = c.etcdctl(&["get", &tombstone, "--print-value-only"])?;
+        Ok((gone && key.success() && key.stdout.trim().is_empty()).then_some(()))
+    })
+    .unwrap();
+    let seen = statuses_since(&es.history(), from);
+    assert!(!seen.iter().any(|s| s == "red"), "red during the cut-off: {seen:?}");
+    assert_eq!(c.where_active(&unit).unwrap(), [moved], "{unit} runs twice");
 }
