@@ -697,14 +697,16 @@ fn losing_the_elected_masters_zone_is_yellow_never_red() {
     let master = w.cluster().master.clone().expect("a master");
     let master_name = w.m.nodes[&master].info.node_name.clone();
     let zone = w.m.nodes[&master].info.attributes["zone"].clone();
-    let doomed: Vec<String> = w
-        .m
-        .nodes
-        .values()
-        .filter(|n| n.alive && n.info.attributes.get("zone") == Some(&zone))
-        .map(|n| n.info.node_name.clone())
-        .collect();
-    assert!(doomed.len() >= 2, "{master_name} in zone {zone} with a data node: {doomed:?}");
+    let doomed: Vec<String> =
+        w.m.nodes
+            .values()
+            .filter(|n| n.alive && n.info.attributes.get("zone") == Some(&zone))
+            .map(|n| n.info.node_name.clone())
+            .collect();
+    assert!(
+        doomed.len() >= 2,
+        "{master_name} in zone {zone} with a data node: {doomed:?}"
+    );
     for name in &doomed {
         w.kill(name);
     }

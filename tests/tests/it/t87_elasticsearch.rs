@@ -400,7 +400,10 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
         .iter()
         .filter(|t| t["t_ms"].as_u64().unwrap_or(0) >= from)
         .collect();
-    assert!(!seen.iter().any(|s| s == "red"), "red after the zone loss: {entries:#?}");
+    assert!(
+        !seen.iter().any(|s| s == "red"),
+        "red after the zone loss: {entries:#?}"
+    );
     assert!(
         seen.iter().any(|s| s == "yellow"),
         "losing copies never showed: {seen:?}"
@@ -462,19 +465,31 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
         Ok(out.stdout.contains(&old_path).then_some(()))
     })
     .unwrap();
-    let moved = wait_for("the cut-off data node active elsewhere", PATIENCE, Duration::from_millis(200), || {
-        let copies = c.live_copies(&[unit.as_str()])?;
-        Ok(copies.get(&unit).and_then(|hs| hs.iter().find(|h| **h != host).cloned()))
-    })
+    let moved = wait_for(
+        "the cut-off data node active elsewhere",
+        PATIENCE,
+        Duration::from_millis(200),
+        || {
+            let copies = c.live_copies(&[unit.as_str()])?;
+            Ok(copies
+                .get(&unit)
+                .and_then(|hs| hs.iter().find(|h| **h != host).cloned()))
+        },
+    )
     .unwrap();
     println!("{unit} cut off on {host} → active on {moved}");
     es.wait_green("green with the node recreated");
     c.heal(&host).unwrap();
-    wait_for("the old data dir removed and the tombstone gone", PATIENCE, Duration::from_millis(300), || {
-        let gone = !c.hosts().exec(&host, &["test", "-e", &old_path])?.success();
-        let key = c.etcdctl(&["get", &tombstone, "--print-value-only"])?;
-        Ok((gone && key.success() && key.stdout.trim().is_empty()).then_some(()))
-    })
+    wait_for(
+        "the old data dir removed and the tombstone gone",
+        PATIENCE,
+        Duration::from_millis(300),
+        || {
+            let gone = !c.hosts().exec(&host, &["test", "-e", &old_path])?.success();
+            let key = c.etcdctl(&["get", &tombstone, "--print-value-only"])?;
+            Ok((gone && key.success() && key.stdout.trim().is_empty()).then_some(()))
+        },
+    )
     .unwrap();
     let seen = statuses_since(&es.history(), from);
     assert!(!seen.iter().any(|s| s == "red"), "red during the cut-off: {seen:?}");
