@@ -440,7 +440,11 @@ impl<M: UnitManager> Worker<M> {
                 tracing::warn!(error = %e, "reconcile pass incomplete");
             }
         }
-        self.retire();
+        // Only after a complete pass: a failed one may not have adopted what runs here (an
+        // old generation could still be running on the data a record names).
+        if ok {
+            self.retire();
+        }
         if let Err(e) = self.report().await {
             ok = false;
             tracing::warn!(error = %e, "cannot report unit states");

@@ -42,7 +42,21 @@ struct World {
     copies: Vec<Copy>,
     replicas: u32,
     settings: BTreeMap<String, Value>,
+    transient: BTreeMap<String, Value>,
     voting_exclusions: BTreeSet<String>,
+    /// A hidden index's replica count (listed by `_cat/indices` only with `expand_wildcards=all`).
+    hidden_replicas: Option<u32>,
+    /// `(after, node)`: on the first green health answer once `after` is in the log and
+    /// allocation is back to normal, `node` crashes and comes back empty.
+    crash: Option<(String, String)>,
+    /// Health answers left during which the allocator is slow (copies stay unassigned).
+    recovering: u32,
+    /// Nodes stopped while the cluster was not green.
+    stopped_not_green: Vec<String>,
+    /// `"stop <unit>"` etc. → the error the fake esfleet answers instead.
+    fleet_fails: BTreeMap<String, String>,
+    /// The voting exclusion request fails (after adding the exclusion, as a timeout can).
+    exclusion_fails: bool,
     /// Overrides the computed health (e.g. an index of someone else's is yellow).
     force_status: Option<String>,
     max_down: usize,
@@ -100,11 +114,12 @@ impl World {
         self.max_down = self.max_down.max(self.down_count());
     }
 
-    fn excluded(&self) -> Option<String> {
+    fn excluded(&self) -> Vec<String> {
         self.settings
             .get("cluster.routing.allocation.exclude._name")
             .and_then(Value::as_str)
-            .map(str::to_string)
+            .map(|v| v.split(',').map(|x| x.trim().to_string()).collect())
+            .unwrap_or_default()
     }
 
     fn eligible(&self, index: &str, shard: u32, not: Option<&str>) -> Option<String> {
@@ -117,7 +132,7 @@ impl World {
         self.data
             .iter()
             .filter(|n| self.up.contains(*n) && !held.contains(n.as_str()) && Some(n.as_str()) != not)
-            .find(|n| Some(n.as_str()) != self.excluded().as_deref())
+            .find(|n| !self.excluded().contains(n))
             .cloned()
     }
 
@@ -142,17 +157,27 @@ impl World {
 
     /// Moves one copy off the excluded node, if any.
     fn relocate_one(&mut self) {
-        let Some(x) = self.excluded() else { return };
-        if let Some(k) = self.copies.iter().position(|c| c.node.as_deref() == Some(x.as_str())) {
+        let excluded = self.excluded();
+        let on_excluded = |c: &Copy| c.node.as_ref().is_some_and(|n| excluded.contains(n));
+        if let Some(k) = self.copies.iter().position(on_excluded) {
             let c = self.copies[k].clone();
-            if let Some(n) = self.eligible(&c.index, c.shard, Some(&x)) {
+            if let Some(n) = self.eligible(&c.index, c.shard, c.node.as_deref()) {
                 self.copies[k].node = Some(n);
             }
         }
     }
 
     fn status(&mut self) -> String {
-        self.allocate();
+        if self.recovering > 0 {
+            self.recovering -= 1;
+        } else {
+            self.allocate();
+        }
+        self.computed_status()
+    }
+
+    /// Health from where the copies are now (no allocation pass).
+    fn computed_status(&mut self) -> String {
         let groups: BTreeSet<(String, u32)> = self.copies.iter().map(|c| (c.index.clone(), c.shard)).collect();
         let mut status = "green";
         for (i, s) in groups {
@@ -290,6 +315,23 @@ fn handle(world: &Shared, method: &str, target: &str, body: Value) -> (u16, Valu
                 );
             }
             let status = w.status();
+            let crash_now = match &w.crash {
+                Some((after, _)) => {
+                    status == "green"
+                        && w.log.contains(after)
+                        && !w.settings.contains_key("cluster.routing.allocation.enable")
+                }
+                None => false,
+            };
+            if crash_now {
+                // After this answer: the node crashes and its service brings it straight
+                // back, with no data; its copies take a while to rebuild.
+                let (_, node) = w.crash.take().unwrap();
+                w.note(format!("crash {node}: back empty"));
+                w.leave(&node);
+                w.up.insert(node);
+                w.recovering = 5;
+            }
             let unassigned = w.copies.iter().filter(|c| c.node.is_none()).count();
             let want_green = query.contains("wait_for_status=green");
             let timed_out = want_green && status != "green";
@@ -300,15 +342,27 @@ fn handle(world: &Shared, method: &str, target: &str, body: Value) -> (u16, Valu
         }
         ("GET", "/_cluster/settings") => {
             let flat: serde_json::Map<String, Value> = w.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            (200, json!({"persistent": flat, "transient": {}}))
+            let transient: serde_json::Map<String, Value> =
+                w.transient.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            (200, json!({"persistent": flat, "transient": transient}))
         }
         ("PUT", "/_cluster/settings") => {
-            for (k, v) in body["persistent"].as_object().unwrap() {
-                w.note(format!("ES {k}={v}"));
-                if v.is_null() {
-                    w.settings.remove(k);
-                } else {
-                    w.settings.insert(k.clone(), v.clone());
+            for scope in ["persistent", "transient"] {
+                let Some(set) = body.get(scope).and_then(Value::as_object) else {
+                    continue;
+                };
+                for (k, v) in set {
+                    let (prefix, map) = if scope == "persistent" {
+                        ("", &mut w.settings)
+                    } else {
+                        ("transient ", &mut w.transient)
+                    };
+                    if v.is_null() {
+                        map.remove(k);
+                    } else {
+                        map.insert(k.clone(), v.clone());
+                    }
+                    w.note(format!("ES {prefix}{k}={v}"));
                 }
             }
             (200, json!({"acknowledged": true}))
@@ -355,10 +409,14 @@ fn handle(world: &Shared, method: &str, target: &str, body: Value) -> (u16, Valu
         }
         ("GET", "/_cat/indices") => {
             let rep = w.replicas.to_string();
-            (
-                200,
-                json!([{"index": "a-logs", "health": "green", "rep": rep}, {"index": "b-logs", "health": "green", "rep": rep}]),
-            )
+            let mut rows = vec![
+                json!({"index": "a-logs", "health": "green", "rep": rep}),
+                json!({"index": "b-logs", "health": "green", "rep": rep}),
+            ];
+            if let Some(r) = w.hidden_replicas.filter(|_| query.contains("expand_wildcards=all")) {
+                rows.push(json!({"index": ".ds-metrics-000001", "health": "green", "rep": r.to_string()}));
+            }
+            (200, Value::Array(rows))
         }
         ("GET", "/_nodes") => {
             let nodes: serde_json::Map<String, Value> =
@@ -386,10 +444,20 @@ fn handle(world: &Shared, method: &str, target: &str, body: Value) -> (u16, Valu
             let name = query.strip_prefix("node_names=").unwrap().to_string();
             w.note(format!("ES voting exclusion {name}"));
             w.voting_exclusions.insert(name);
+            if w.exclusion_fails {
+                return (
+                    503,
+                    json!({"error": {"type": "process_cluster_event_timeout_exception", "reason": "timed out"}, "status": 503}),
+                );
+            }
             (200, Value::Null)
         }
         ("DELETE", "/_cluster/voting_config_exclusions") => {
-            w.note("ES clear voting exclusions");
+            if query.contains("wait_for_removal=false") {
+                w.note("ES clear voting exclusions (wait_for_removal=false)");
+            } else {
+                w.note("ES clear voting exclusions");
+            }
             w.voting_exclusions.clear();
             (200, Value::Null)
         }
@@ -401,6 +469,17 @@ fn handle(world: &Shared, method: &str, target: &str, body: Value) -> (u16, Valu
 }
 
 // ---- the fake esfleet ----
+
+/// The failure set up for `op` on `unit`, logged, if any.
+fn fail(w: &mut World, op: &str, unit: &UnitName) -> Result<(), OpsError> {
+    match w.fleet_fails.get(&format!("{op} {unit}")).cloned() {
+        Some(msg) => {
+            w.note(format!("fleet {op} {unit} failed"));
+            Err(OpsError::Fleet(msg))
+        }
+        None => Ok(()),
+    }
+}
 
 struct FakeFleet {
     world: Shared,
@@ -441,7 +520,11 @@ impl FleetOps for FakeFleet {
 
     async fn stop(&self, unit: &UnitName) -> Result<(), OpsError> {
         let mut w = self.world.lock().unwrap();
+        fail(&mut w, "stop", unit)?;
         w.note(format!("fleet stop {unit}"));
+        if w.computed_status() != "green" {
+            w.stopped_not_green.push(unit.to_string());
+        }
         w.units.insert(unit.to_string(), "loaded".into());
         w.leave(&World::node_of(unit.as_str()));
         Ok(())
@@ -454,6 +537,7 @@ impl FleetOps for FakeFleet {
 
     async fn start(&self, unit: &UnitName) -> Result<(), OpsError> {
         let mut w = self.world.lock().unwrap();
+        fail(&mut w, "start", unit)?;
         w.note(format!("fleet start {unit}"));
         w.units.insert(unit.to_string(), "launched".into());
         let polls = w.rejoin_polls;
@@ -463,6 +547,7 @@ impl FleetOps for FakeFleet {
 
     async fn destroy(&self, unit: &UnitName) -> Result<(), OpsError> {
         let mut w = self.world.lock().unwrap();
+        fail(&mut w, "destroy", unit)?;
         w.note(format!("fleet destroy {unit}"));
         w.units.remove(unit.as_str());
         let node = World::node_of(unit.as_str());
@@ -507,6 +592,12 @@ fn log(world: &Shared) -> Vec<String> {
     world.lock().unwrap().log.clone()
 }
 
+/// Allocation reset in both scopes (one request).
+const RESET_ALLOCATION: [&str; 2] = [
+    "ES cluster.routing.allocation.enable=null",
+    "ES transient cluster.routing.allocation.enable=null",
+];
+
 fn node_steps(unit: &str) -> Vec<String> {
     vec![
         "ES cluster.routing.allocation.enable=\"primaries\"".into(),
@@ -521,7 +612,7 @@ fn node_steps(unit: &str) -> Vec<String> {
 async fn rolling_restart_one_node_at_a_time_masters_last_elected_last() {
     let (world, fleet, http, target) = setup(3, 3, 1).await;
     ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
-    let mut want = vec!["ES cluster.routing.allocation.enable=null".to_string()];
+    let mut want = RESET_ALLOCATION.map(String::from).to_vec();
     for u in [
         "logs-d@1.service",
         "logs-d@2.service",
@@ -551,16 +642,11 @@ async fn an_interrupted_restart_resumes_by_resetting_allocation_and_starting_the
     }
     ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
     let l = log(&world);
-    assert_eq!(
-        l[..2],
-        [
-            "ES cluster.routing.allocation.enable=null",
-            "fleet start logs-d@2.service"
-        ]
-    );
+    assert_eq!(l[..2], RESET_ALLOCATION);
+    assert_eq!(l[2], "fleet start logs-d@2.service");
     // Then the full round, from the first node.
-    assert_eq!(l[2..7], node_steps("logs-d@1.service")[..]);
-    assert_eq!(l.len(), 2 + 6 * 5);
+    assert_eq!(l[3..8], node_steps("logs-d@1.service")[..]);
+    assert_eq!(l.len(), 3 + 6 * 5);
     assert!(!world.lock().unwrap().saw_red);
 }
 
@@ -715,4 +801,299 @@ async fn a_scale_down_interrupted_after_the_destroy_only_records_the_count() {
             "fleet store masters=3 data=3"
         ]
     );
+}
+
+// ---- the review's findings ----
+
+#[tokio::test]
+async fn a_restart_waits_for_green_before_each_stop_not_just_for_every_node_to_be_back() {
+    let (world, fleet, http, target) = setup(3, 3, 1).await;
+    // Once logs-d1's pass is over (green, allocation back to normal), logs-d3 crashes and
+    // comes straight back, empty: every node is in _cat/nodes, but its copies are rebuilding.
+    world.lock().unwrap().crash = Some(("fleet start logs-d@1.service".into(), "logs-d3".into()));
+    ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
+    let l = log(&world);
+    let crash = l
+        .iter()
+        .position(|x| x == "crash logs-d3: back empty")
+        .expect("the crash happened");
+    let next_stop = l.iter().position(|x| x == "fleet stop logs-d@2.service").unwrap();
+    assert!(crash < next_stop, "{l:?}");
+    let w = world.lock().unwrap();
+    assert_eq!(w.recovering, 0, "the yellow spell was waited out");
+    assert!(
+        w.stopped_not_green.is_empty(),
+        "stopped while not green: {:?}",
+        w.stopped_not_green
+    );
+    assert!(!w.saw_red, "never red");
+    assert_eq!(w.up.len(), 6);
+}
+
+#[tokio::test]
+async fn a_failed_stop_during_a_restart_resets_allocation() {
+    let (world, fleet, http, target) = setup(3, 3, 1).await;
+    world.lock().unwrap().fleet_fails.insert(
+        "stop logs-d@2.service".into(),
+        "logs-d@2.service did not stop within 1m".into(),
+    );
+    let e = ops::restart(&fleet, &http, &target, &WAITS).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("logs-d@2.service did not stop within 1m"), "{msg}");
+    assert!(msg.contains("cluster.routing.allocation.enable was reset"), "{msg}");
+    assert!(msg.contains("esfleet es restart logs"), "{msg}");
+    let l = log(&world);
+    assert_eq!(
+        l[l.len() - 4..],
+        [
+            "ES cluster.routing.allocation.enable=\"primaries\"",
+            "fleet stop logs-d@2.service failed",
+            RESET_ALLOCATION[0],
+            RESET_ALLOCATION[1],
+        ]
+    );
+    let w = world.lock().unwrap();
+    assert!(w.settings.is_empty() && w.transient.is_empty(), "{:?}", w.settings);
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_rejoin_resets_allocation_and_the_restart_resumes() {
+    let (world, fleet, http, target) = setup(3, 3, 1).await;
+    world.lock().unwrap().rejoin_polls = u32::MAX;
+    let waits = Waits {
+        timeout: Duration::from_millis(200),
+        ..WAITS
+    };
+    let e = ops::restart(&fleet, &http, &target, &waits).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("gave up waiting for logs-d1 to join the cluster"), "{msg}");
+    assert!(msg.contains("cluster.routing.allocation.enable was reset"), "{msg}");
+    {
+        let mut w = world.lock().unwrap();
+        assert!(!w.settings.contains_key("cluster.routing.allocation.enable"));
+        // With allocation back, the missing node's replicas are rebuilt on the others.
+        assert_eq!(w.status(), "green");
+        // logs-d1 finally joins; the next run goes round the whole cluster.
+        w.rejoin_polls = 2;
+        w.joining.insert("logs-d1".into(), 0);
+        w.log.clear();
+    }
+    ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
+    let l = log(&world);
+    assert_eq!(l[..2], RESET_ALLOCATION);
+    assert_eq!(l.len(), 2 + 6 * 5, "{l:?}");
+    assert!(!world.lock().unwrap().saw_red);
+}
+
+#[tokio::test]
+async fn scale_down_refuses_while_allocation_is_restricted() {
+    let (world, fleet, http, mut target) = setup(3, 4, 1).await;
+    world
+        .lock()
+        .unwrap()
+        .transient
+        .insert("cluster.routing.allocation.enable".into(), json!("primaries"));
+    let e = ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, OpsError::Refused(_)), "{msg}");
+    assert!(
+        msg.contains("cluster.routing.allocation.enable is \"primaries\"") && msg.contains("esfleet es restart logs"),
+        "{msg}"
+    );
+    assert!(log(&world).is_empty(), "nothing done: {:?}", log(&world));
+    assert_eq!(target.record.spec.data.count, 4);
+
+    // `all` is the default spelled out: fine.
+    {
+        let mut w = world.lock().unwrap();
+        w.transient.clear();
+        w.settings
+            .insert("cluster.routing.allocation.enable".into(), json!("all"));
+    }
+    ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
+        .await
+        .unwrap();
+    assert_eq!(target.record.spec.data.count, 3);
+}
+
+#[tokio::test]
+async fn a_failed_master_stop_clears_the_voting_exclusion() {
+    let (world, fleet, http, mut target) = setup(3, 3, 1).await;
+    world
+        .lock()
+        .unwrap()
+        .fleet_fails
+        .insert("stop logs-m@3.service".into(), "machine m3 is unreachable".into());
+    let e = ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("machine m3 is unreachable"), "{msg}");
+    assert!(
+        msg.contains("voting configuration exclusion of logs-m3 was cleared"),
+        "{msg}"
+    );
+    assert_eq!(
+        log(&world),
+        [
+            "ES voting exclusion logs-m3",
+            "fleet stop logs-m@3.service failed",
+            "ES clear voting exclusions (wait_for_removal=false)",
+        ]
+    );
+    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+    assert_eq!(target.record.spec.master.count, 3, "nothing recorded");
+
+    // Fixed, the same command finishes the job.
+    world.lock().unwrap().fleet_fails.clear();
+    ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
+        .await
+        .unwrap();
+    assert_eq!(target.record.spec.master.count, 2);
+    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+}
+
+#[tokio::test]
+async fn a_failed_voting_exclusion_request_is_cleared_too() {
+    let (world, fleet, http, mut target) = setup(3, 3, 1).await;
+    world.lock().unwrap().exclusion_fails = true;
+    let e = ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("process_cluster_event_timeout_exception"), "{e}");
+    assert_eq!(
+        log(&world),
+        [
+            "ES voting exclusion logs-m3",
+            "ES clear voting exclusions (wait_for_removal=false)",
+        ]
+    );
+    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+}
+
+#[tokio::test]
+async fn a_master_scale_down_resumed_after_the_destroy_clears_the_stale_exclusion() {
+    let (world, fleet, http, mut target) = setup(3, 3, 1).await;
+    {
+        let mut w = world.lock().unwrap();
+        // The previous run excluded and destroyed logs-m3, then stopped before clearing.
+        w.voting_exclusions.insert("logs-m3".into());
+        w.units.remove("logs-m@3.service");
+        w.leave("logs-m3");
+        w.masters.remove("logs-m3");
+    }
+    ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        log(&world),
+        [
+            "ES clear voting exclusions (wait_for_removal=false)",
+            "fleet store masters=2 data=3",
+        ]
+    );
+    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+}
+
+#[tokio::test]
+async fn a_master_scale_down_refuses_while_someone_elses_voting_exclusion_exists() {
+    let (world, fleet, http, mut target) = setup(3, 3, 1).await;
+    world.lock().unwrap().voting_exclusions.insert("logs-m1".into());
+    let e = ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, OpsError::Refused(_)), "{msg}");
+    assert!(msg.contains("(logs-m1) besides logs-m3"), "{msg}");
+    assert!(msg.contains("voting_config_exclusions?wait_for_removal=false"), "{msg}");
+    assert!(log(&world).is_empty());
+}
+
+#[tokio::test]
+async fn a_restart_refuses_while_voting_exclusions_exist() {
+    let (world, fleet, http, target) = setup(3, 3, 1).await;
+    world.lock().unwrap().voting_exclusions.insert("logs-m3".into());
+    let e = ops::restart(&fleet, &http, &target, &WAITS).await.unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, OpsError::Refused(_)), "{msg}");
+    assert!(msg.contains("voting configuration exclusions (logs-m3)"), "{msg}");
+    assert!(msg.contains("esfleet es scale-down logs --masters"), "{msg}");
+    assert!(
+        msg.contains("curl -X DELETE 'http://127.0.0.1:")
+            && msg.contains("voting_config_exclusions?wait_for_removal=false"),
+        "{msg}"
+    );
+    assert!(log(&world).is_empty(), "nothing done: {:?}", log(&world));
+}
+
+#[tokio::test]
+async fn data_scale_down_keeps_the_operators_allocation_exclusions() {
+    let (world, fleet, http, mut target) = setup(3, 4, 1).await;
+    world
+        .lock()
+        .unwrap()
+        .settings
+        .insert("cluster.routing.allocation.exclude._name".into(), json!("old-x"));
+    ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        log(&world),
+        [
+            "ES cluster.routing.allocation.exclude._name=\"old-x,logs-d4\"",
+            "fleet stop logs-d@4.service",
+            "fleet destroy logs-d@4.service",
+            "ES cluster.routing.allocation.exclude._name=\"old-x\"",
+            "fleet store masters=3 data=3",
+        ]
+    );
+    assert!(!world.lock().unwrap().saw_red);
+}
+
+#[tokio::test]
+async fn a_resumed_data_scale_down_takes_only_its_node_out_of_the_exclusions() {
+    let (world, fleet, http, mut target) = setup(3, 4, 1).await;
+    {
+        let mut w = world.lock().unwrap();
+        w.settings.insert(
+            "cluster.routing.allocation.exclude._name".into(),
+            json!("old-x,logs-d4"),
+        );
+        for k in 0..w.copies.len() {
+            if w.copies[k].node.as_deref() == Some("logs-d4") {
+                let c = w.copies[k].clone();
+                let n = w.eligible(&c.index, c.shard, Some("logs-d4")).unwrap();
+                w.copies[k].node = Some(n);
+            }
+        }
+        w.units.remove("logs-d@4.service");
+        w.leave("logs-d4");
+        w.data.remove("logs-d4");
+    }
+    ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
+        .await
+        .unwrap();
+    assert_eq!(
+        log(&world),
+        [
+            "ES cluster.routing.allocation.exclude._name=\"old-x\"",
+            "fleet store masters=3 data=3"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn hidden_indices_count_for_the_replicas_rule() {
+    let (world, fleet, http, mut target) = setup(3, 4, 1).await;
+    // A hidden data stream backing index with 2 replicas needs all 4 data nodes.
+    world.lock().unwrap().hidden_replicas = Some(2);
+    let e = ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpsError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("logs-d4 cannot be removed"), "{e}");
+    assert!(e.to_string().contains("keep at least 4 data nodes"), "{e}");
+    assert!(log(&world).is_empty());
 }

@@ -234,15 +234,26 @@ impl Node {
     }
 
     /// The leader's read index (this member must lead and still have a quorum).
+    ///
+    /// Confirming leadership is one heartbeat round with a short timeout; on a starved
+    /// machine one round can miss while the quorum is fine, so it is tried three times
+    /// before the caller hears "lost quorum".
     pub async fn leader_read_index(&self) -> Result<u64, Status> {
-        match self.raft.get_read_log_id().await {
-            Ok((read, _)) => Ok(read.map_or(0, |l| l.index)),
-            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => Err(not_leader()),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                Err(Status::unavailable("etcdserver: leader lost quorum"))
+        const ATTEMPTS: u32 = 3;
+        for attempt in 1..=ATTEMPTS {
+            match self.raft.get_read_log_id().await {
+                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => return Err(not_leader()),
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) if attempt < ATTEMPTS => {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                    return Err(Status::unavailable("etcdserver: leader lost quorum"))
+                }
+                Err(RaftError::Fatal(_)) => return Err(stopped()),
             }
-            Err(RaftError::Fatal(_)) => Err(stopped()),
         }
+        unreachable!("the last attempt returns")
     }
 
     /// Waits until this member has applied everything committed before the call: after

@@ -192,6 +192,14 @@ impl Es<'_> {
         Ok(())
     }
 
+    /// `PUT /_cluster/settings` with `key` null in both scopes: whichever one set it, the
+    /// setting is back to Elasticsearch's default.
+    pub async fn reset_setting(&self, key: &str) -> Result<(), HttpError> {
+        let body = json!({ "persistent": { key: Value::Null }, "transient": { key: Value::Null } });
+        self.http.json(Method::Put, "/_cluster/settings", Some(&body)).await?;
+        Ok(())
+    }
+
     /// A persistent or transient setting's value, from `GET /_cluster/settings?flat_settings=true`
     /// (transient wins, as in Elasticsearch).
     pub async fn setting(&self, key: &str) -> Result<Option<String>, HttpError> {
@@ -243,7 +251,12 @@ impl Es<'_> {
     }
 
     pub async fn cat_indices(&self) -> Result<Vec<CatIndex>, HttpError> {
-        let v = self.http.json(Method::Get, "/_cat/indices?format=json", None).await?;
+        // Hidden indices (`.ds-*` backing indices, system-like ones) hold shards too: their
+        // replica counts gate a data scale-down like any other.
+        let v = self
+            .http
+            .json(Method::Get, "/_cat/indices?format=json&expand_wildcards=all", None)
+            .await?;
         Ok(rows(v, "_cat/indices", "_cat/indices")?
             .iter()
             .map(|r| CatIndex {
@@ -287,7 +300,15 @@ impl Es<'_> {
             exclusions: c
                 .get("voting_config_exclusions")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().map(|x| s(x, "node_name")).collect())
+                .map(|a| {
+                    // An exclusion made by id names its node `_absent_` until it is seen.
+                    a.iter()
+                        .map(|x| match s(x, "node_name") {
+                            n if n.is_empty() || n == "_absent_" => s(x, "node_id"),
+                            n => n,
+                        })
+                        .collect()
+                })
                 .unwrap_or_default(),
         })
     }

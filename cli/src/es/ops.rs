@@ -3,18 +3,25 @@
 //! CLI, a recording fake in tests), and Elasticsearch, through its REST API ([`Es`]).
 //!
 //! The gates (ECK's lessons, REFERENCE.md "Elasticsearch facts"):
-//! - restart: every node of the cluster is in `_cat/nodes` before one is stopped (so never
-//!   more than one is down); allocation `primaries` while it is down (no replica rebuilds);
-//!   after it is started, wait until it is back in `_cat/nodes` (ECK #5449), re-enable
-//!   allocation, wait for green; only then the next one.
-//! - data scale-down (ECK #8195): green and core's `data_removal_check`, exclude the node
-//!   from allocation, wait until `_cat/shards` shows no copy on it, then stop and destroy.
+//! - restart: refused while voting exclusions exist. Before each node is stopped, every node
+//!   of the cluster is in `_cat/nodes` (so never more than one is down) and the cluster is
+//!   green (no copy is rebuilding that the stop could take away); allocation `primaries`
+//!   while it is down (no replica rebuilds); after it is started, wait until it is back in
+//!   `_cat/nodes` (ECK #5449), re-enable allocation, wait for green; only then the next one.
+//!   If anything fails while allocation is `primaries`, it is reset before the error returns.
+//! - scale-down: refused while allocation is restricted (`cluster.routing.allocation.enable`
+//!   other than `all`): shards could not move and health could not recover.
+//! - data scale-down (ECK #8195): green and core's `data_removal_check`, add the node to the
+//!   allocation exclusions (keeping the operator's), wait until `_cat/shards` shows no copy on
+//!   it, then stop and destroy, then take only its name out of the exclusions.
 //! - master scale-down: core's `master_removal_check`, voting-configuration exclusion first,
-//!   then stop and destroy, then clear the exclusion.
+//!   then stop and destroy, then clear the exclusion; on a failure after the exclusion it is
+//!   cleared before the error returns (an exclusion left behind blocks restarts). Refused
+//!   while other nodes are excluded from voting (clearing ours clears theirs).
 //!
 //! Both are resumable: a restart first resets allocation, starts a node an interrupted run
 //! left stopped and waits for green; a scale-down finds an already-removed node and only
-//! records the count.
+//! takes its name out of the exclusions and records the count.
 
 use std::future::Future;
 use std::time::Duration;
@@ -39,6 +46,10 @@ pub enum OpsError {
     Fleet(String),
     #[error("{0}")]
     Timeout(String),
+    /// An operation failed after it changed the cluster; what was done (or is left to do)
+    /// to put that change back.
+    #[error("{error}\n{cleanup}")]
+    CleanedUp { error: Box<OpsError>, cleanup: String },
 }
 
 /// A unit as the operations need it.
@@ -175,6 +186,41 @@ async fn wait_green<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits) -> Resul
     .await
 }
 
+/// The names in `names` that are not in `_cat/nodes` now.
+async fn missing_nodes(es: &Es<'_>, names: &[String]) -> Result<Vec<String>, OpsError> {
+    let present = es.cat_nodes().await?;
+    Ok(names
+        .iter()
+        .filter(|n| !present.iter().any(|p| &p.name == *n))
+        .cloned()
+        .collect())
+}
+
+/// Waits until every name in `names` is in `_cat/nodes` and the cluster is green: the gate
+/// before a node is stopped. Both, at the moment of the stop: a node that crashed and came
+/// back empty since the last pass is in `_cat/nodes` but its copies are still rebuilding,
+/// and stopping another node then can take the last copy of a shard.
+async fn wait_ready<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, names: &[String]) -> Result<Health, OpsError> {
+    wait_until(
+        fleet,
+        waits,
+        "every node to be in the cluster and the cluster green",
+        || async {
+            let missing = missing_nodes(es, names).await?;
+            if !missing.is_empty() {
+                return Ok(Step::Waiting(format!("not in _cat/nodes: {}", missing.join(", "))));
+            }
+            let h = es.health_wait("green").await?;
+            Ok(if h.status == "green" && !h.timed_out {
+                Step::Done(h)
+            } else {
+                Step::Waiting(h.summary())
+            })
+        },
+    )
+    .await
+}
+
 /// Waits until every name in `names` is in `_cat/nodes`.
 async fn wait_joined<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, names: &[String]) -> Result<(), OpsError> {
     let what = if names.len() == 1 {
@@ -183,12 +229,7 @@ async fn wait_joined<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, names: 
         "every node to be in the cluster".to_string()
     };
     wait_until(fleet, waits, &what, || async {
-        let present = es.cat_nodes().await?;
-        let missing: Vec<&str> = names
-            .iter()
-            .filter(|n| !present.iter().any(|p| &p.name == *n))
-            .map(String::as_str)
-            .collect();
+        let missing = missing_nodes(es, names).await?;
         Ok(if missing.is_empty() {
             Step::Done(())
         } else {
@@ -201,6 +242,71 @@ async fn wait_joined<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, names: 
 /// The ES endpoint of a node: its machine address and its role's http port.
 pub fn endpoint(record: &ClusterRecord, role: Role, address: &str) -> String {
     format!("{address}:{}", record.spec.role(role).http_port)
+}
+
+/// `http://host:port` of a node esfleet talks to, for the commands it tells the operator.
+fn es_url(es: &Es<'_>) -> String {
+    let ep = es
+        .http
+        .endpoints()
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| "<node>:9200".into());
+    format!("http://{ep}")
+}
+
+/// The command that clears every voting configuration exclusion without waiting.
+fn clear_exclusions_cmd(es: &Es<'_>) -> String {
+    format!(
+        "curl -X DELETE '{}/_cluster/voting_config_exclusions?wait_for_removal=false'",
+        es_url(es)
+    )
+}
+
+/// After `error` while allocation was `primaries`: resets it (both scopes), best effort,
+/// and says in the error what became of it.
+async fn undo_primaries(es: &Es<'_>, cluster: &str, node: &NodeRef, error: OpsError) -> OpsError {
+    let cleanup = match es.reset_setting(ALLOCATION_ENABLE).await {
+        Ok(()) => format!(
+            "{ALLOCATION_ENABLE} was reset from \"primaries\", so Elasticsearch rebuilds the replicas of {} \
+             elsewhere if it stays down. Fix the cause, then run `esfleet es restart {cluster}` again: it starts \
+             {} if it is stopped and restarts the cluster from the beginning",
+            node.name, node.unit
+        ),
+        Err(e) => format!(
+            "{ALLOCATION_ENABLE} is still \"primaries\" and could not be reset ({e}): no replica is rebuilt while \
+             it is set. Run `esfleet es restart {cluster}` again (it resets it first), or reset it by hand: \
+             curl -X PUT '{}/_cluster/settings' -H 'content-type: application/json' -d \
+             '{{\"persistent\":{{\"{ALLOCATION_ENABLE}\":null}},\"transient\":{{\"{ALLOCATION_ENABLE}\":null}}}}'",
+            es_url(es)
+        ),
+    };
+    OpsError::CleanedUp {
+        error: Box::new(error),
+        cleanup,
+    }
+}
+
+/// After `error` once `node` may be excluded from voting: clears the exclusions without
+/// waiting (the node may still be in the cluster), best effort, and says so in the error.
+async fn undo_voter_exclusion(es: &Es<'_>, cluster: &str, node: &NodeRef, error: OpsError) -> OpsError {
+    let again = format!("`esfleet es scale-down {cluster} --masters N`");
+    let cleanup = match es.clear_voter_exclusions(false).await {
+        Ok(()) => format!(
+            "the voting configuration exclusion of {} was cleared; fix the cause, then run {again} again",
+            node.name
+        ),
+        Err(e) => format!(
+            "the voting configuration exclusion of {} could not be cleared ({e}); while it exists \
+             `esfleet es restart {cluster}` refuses to run. Run {again} again, or clear it by hand: {}",
+            node.name,
+            clear_exclusions_cmd(es)
+        ),
+    };
+    OpsError::CleanedUp {
+        error: Box::new(error),
+        cleanup,
+    }
 }
 
 /// Rolling restart: data and coordinating nodes first, masters last, the elected master
@@ -223,13 +329,26 @@ pub async fn restart<F: FleetOps>(fleet: &F, http: &EsHttp, target: &Target, wai
         )));
     }
 
+    // A voter excluded from the voting configuration (a master scale-down that stopped
+    // half-way) leaves fewer voters: restarting one more master can lose the quorum.
+    let excluded = es.coordination().await?.exclusions;
+    if !excluded.is_empty() {
+        return Err(OpsError::Refused(format!(
+            "cluster {name} has voting configuration exclusions ({}): restarting a master now could leave too few \
+             voters to elect one. If `esfleet es scale-down {name} --masters N` was interrupted, run it again to \
+             finish; if the excluded nodes are to stay, clear the exclusions with `{}`; then run the restart again",
+            excluded.join(", "),
+            clear_exclusions_cmd(&es)
+        )));
+    }
+
     // Resume: an interrupted run may have left allocation at `primaries` and a node stopped.
     if let Some(v) = es.setting(ALLOCATION_ENABLE).await? {
         fleet.say(&format!(
             "{ALLOCATION_ENABLE} is {v:?} (left by an interrupted restart?): resetting it"
         ));
     }
-    es.set_persistent(ALLOCATION_ENABLE, Value::Null).await?;
+    es.reset_setting(ALLOCATION_ENABLE).await?;
     for (n, _) in present.iter().filter(|(_, v)| v.desired == "loaded") {
         fleet.say(&format!(
             "{} ({}) is stopped (left by an interrupted restart?): starting it",
@@ -257,22 +376,31 @@ pub async fn restart<F: FleetOps>(fleet: &F, http: &EsHttp, target: &Target, wai
     fleet.say(&format!("rolling restart of {total} nodes: {}", names.join(", ")));
     for (i, n) in order.iter().enumerate() {
         fleet.say(&format!("[{}/{total}] {} ({})", i + 1, n.name, n.unit));
-        // Never two down: every node must be in the cluster before this one goes.
-        wait_joined(fleet, &es, waits, &names).await?;
+        // Never two down, and never from a degraded cluster: checked now, not at the end of
+        // the previous pass, as a node may have crashed and come back empty in between.
+        wait_ready(fleet, &es, waits, &names).await?;
         let views = fleet.units(std::slice::from_ref(&n.unit)).await?;
         if let Some(addr) = views.first().map(|v| v.address.clone()).filter(|a| !a.is_empty()) {
             http.avoid(&endpoint(&target.record, n.role, &addr));
         }
-        es.set_persistent(ALLOCATION_ENABLE, Value::from("primaries")).await?;
-        fleet.say(&format!("  {ALLOCATION_ENABLE}: primaries; stopping {}", n.unit));
-        fleet.stop(&n.unit).await?;
-        if fleet.refresh(&n.unit).await? {
-            fleet.say(&format!("  {} takes its template's new unit file", n.unit));
+        // From the moment `primaries` may be set until it is reset, a failure resets it
+        // before returning: left set, no replica would be rebuilt anywhere in the cluster.
+        let pass = async {
+            es.set_persistent(ALLOCATION_ENABLE, Value::from("primaries")).await?;
+            fleet.say(&format!("  {ALLOCATION_ENABLE}: primaries; stopping {}", n.unit));
+            fleet.stop(&n.unit).await?;
+            if fleet.refresh(&n.unit).await? {
+                fleet.say(&format!("  {} takes its template's new unit file", n.unit));
+            }
+            fleet.say(&format!("  starting {}", n.unit));
+            fleet.start(&n.unit).await?;
+            wait_joined(fleet, &es, waits, std::slice::from_ref(&n.name)).await?;
+            es.set_persistent(ALLOCATION_ENABLE, Value::Null).await?;
+            Ok::<(), OpsError>(())
+        };
+        if let Err(e) = pass.await {
+            return Err(undo_primaries(&es, name, n, e).await);
         }
-        fleet.say(&format!("  starting {}", n.unit));
-        fleet.start(&n.unit).await?;
-        wait_joined(fleet, &es, waits, std::slice::from_ref(&n.name)).await?;
-        es.set_persistent(ALLOCATION_ENABLE, Value::Null).await?;
         fleet.say(&format!("  {} rejoined; {ALLOCATION_ENABLE} reset", n.name));
         let h = wait_green(fleet, &es, waits).await?;
         fleet.say(&format!("  {} restarted; cluster {}", n.name, h.summary()));
@@ -303,6 +431,18 @@ pub async fn scale_down<F: FleetOps>(
         fleet.say(&format!("cluster {name} already has {count} {word} nodes"));
         return Ok(());
     }
+    // With allocation restricted, shards cannot move off a data node and the cluster cannot
+    // get back to green after any removal. Whoever set it may need it: say so, change nothing.
+    if let Some(v) = es.setting(ALLOCATION_ENABLE).await?.filter(|v| v != "all") {
+        return Err(OpsError::Refused(format!(
+            "{ALLOCATION_ENABLE} is {v:?} on cluster {name}: shards cannot move while it is set, so no node can be \
+             removed safely. If an `esfleet es restart {name}` was interrupted, run it again to finish (it resets \
+             the setting); otherwise reset it when its reason is gone: curl -X PUT '{}/_cluster/settings' -H \
+             'content-type: application/json' -d \
+             '{{\"persistent\":{{\"{ALLOCATION_ENABLE}\":null}},\"transient\":{{\"{ALLOCATION_ENABLE}\":null}}}}'",
+            es_url(&es)
+        )));
+    }
     fleet.say(&format!(
         "scaling {word} nodes of cluster {name} from {count} to {to}, one at a time, highest ordinal first"
     ));
@@ -317,11 +457,29 @@ pub async fn scale_down<F: FleetOps>(
             .await?
             .pop()
             .unwrap_or_default();
+        // Master removal ends by clearing every voting exclusion: refused while there are
+        // others than ours (an operator's, or a failed run's that could not be cleared).
+        let exclusions = if role == Role::Master {
+            let ex = es.coordination().await?.exclusions;
+            let others: Vec<&str> = ex.iter().filter(|x| **x != node.name).map(String::as_str).collect();
+            if !others.is_empty() {
+                return Err(OpsError::Refused(format!(
+                    "cluster {name} has voting configuration exclusions ({}) besides {}: removing a master clears \
+                     them all. When those are no longer needed, clear them with `{}` and run the scale-down again",
+                    others.join(", "),
+                    node.name,
+                    clear_exclusions_cmd(&es)
+                )));
+            }
+            ex
+        } else {
+            Vec::new()
+        };
         fleet.say(&format!("removing {} ({})", node.name, node.unit));
         if view.exists {
             match role {
                 Role::Data => remove_data(fleet, &es, waits, &node).await?,
-                Role::Master => remove_master(fleet, &es, &node, count).await?,
+                Role::Master => remove_master(fleet, &es, &name, &node, count).await?,
                 Role::Coordinating => {
                     fleet.stop(&node.unit).await?;
                     fleet.destroy(&node.unit).await?;
@@ -329,8 +487,12 @@ pub async fn scale_down<F: FleetOps>(
             }
         } else {
             fleet.say(&format!("  {} is already destroyed (an interrupted run?)", node.unit));
-            if role == Role::Data && es.setting(EXCLUDE_NAME).await?.as_deref() == Some(node.name.as_str()) {
-                es.set_persistent(EXCLUDE_NAME, Value::Null).await?;
+            if role == Role::Data && exclude_remove(&es, &node.name).await? {
+                fleet.say(&format!("  {} taken out of {EXCLUDE_NAME}", node.name));
+            }
+            if role == Role::Master && !exclusions.is_empty() {
+                es.clear_voter_exclusions(false).await?;
+                fleet.say(&format!("  voting exclusion of {} cleared", node.name));
             }
         }
         count -= 1;
@@ -341,6 +503,55 @@ pub async fn scale_down<F: FleetOps>(
         fleet.say(&format!("  {} removed; cluster {}", node.name, h.summary()));
     }
     Ok(())
+}
+
+/// The names in an `exclude._name` value (a comma list; Elasticsearch allows spaces).
+fn name_list(v: &str) -> Vec<String> {
+    v.split(',')
+        .map(str::trim)
+        .filter(|x| !x.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// Adds `name` to the allocation exclusions, keeping any already there.
+async fn exclude_add<F: FleetOps>(fleet: &F, es: &Es<'_>, name: &str) -> Result<(), OpsError> {
+    let mut names = es
+        .setting(EXCLUDE_NAME)
+        .await?
+        .map(|v| name_list(&v))
+        .unwrap_or_default();
+    if names.iter().any(|n| n == name) {
+        return Ok(());
+    }
+    if !names.is_empty() {
+        fleet.say(&format!(
+            "  {EXCLUDE_NAME} already lists {}; adding {name}",
+            names.join(",")
+        ));
+    }
+    names.push(name.to_string());
+    es.set_persistent(EXCLUDE_NAME, Value::from(names.join(","))).await?;
+    Ok(())
+}
+
+/// Takes `name` (only) out of the allocation exclusions; false if it was not there.
+async fn exclude_remove(es: &Es<'_>, name: &str) -> Result<bool, OpsError> {
+    let Some(v) = es.setting(EXCLUDE_NAME).await? else {
+        return Ok(false);
+    };
+    let names = name_list(&v);
+    if !names.iter().any(|n| n == name) {
+        return Ok(false);
+    }
+    let rest: Vec<String> = names.into_iter().filter(|n| n != name).collect();
+    let value = if rest.is_empty() {
+        Value::Null
+    } else {
+        Value::from(rest.join(","))
+    };
+    es.set_persistent(EXCLUDE_NAME, value).await?;
+    Ok(true)
 }
 
 async fn remove_data<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, node: &NodeRef) -> Result<(), OpsError> {
@@ -354,15 +565,9 @@ async fn remove_data<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, node: &
         .count() as u32;
     core_es::data_removal_check(&health.status, max_replicas, data_after)
         .map_err(|e| OpsError::Refused(format!("{} cannot be removed: {e}", node.name)))?;
-    match es.setting(EXCLUDE_NAME).await? {
-        Some(v) if v != node.name && !v.is_empty() => {
-            fleet.say(&format!("  {EXCLUDE_NAME} was {v:?}; replacing it with {}", node.name))
-        }
-        _ => {}
-    }
-    es.set_persistent(EXCLUDE_NAME, Value::from(node.name.as_str())).await?;
+    exclude_add(fleet, es, &node.name).await?;
     fleet.say(&format!(
-        "  {EXCLUDE_NAME}: {}; waiting for its shards to move",
+        "  {} added to {EXCLUDE_NAME}; waiting for its shards to move",
         node.name
     ));
     wait_until(fleet, waits, &format!("the shards to leave {}", node.name), || async {
@@ -376,12 +581,18 @@ async fn remove_data<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, node: &
     .await?;
     fleet.stop(&node.unit).await?;
     fleet.destroy(&node.unit).await?;
-    es.set_persistent(EXCLUDE_NAME, Value::Null).await?;
-    fleet.say(&format!("  {} destroyed; {EXCLUDE_NAME} cleared", node.unit));
+    exclude_remove(es, &node.name).await?;
+    fleet.say(&format!("  {} destroyed; taken out of {EXCLUDE_NAME}", node.unit));
     Ok(())
 }
 
-async fn remove_master<F: FleetOps>(fleet: &F, es: &Es<'_>, node: &NodeRef, masters: u32) -> Result<(), OpsError> {
+async fn remove_master<F: FleetOps>(
+    fleet: &F,
+    es: &Es<'_>,
+    cluster: &str,
+    node: &NodeRef,
+    masters: u32,
+) -> Result<(), OpsError> {
     let coord = es.coordination().await?;
     let ids = es.node_ids().await?;
     let me = ids.iter().find(|(_, n)| **n == node.name).map(|(id, _)| id.clone());
@@ -392,11 +603,19 @@ async fn remove_master<F: FleetOps>(fleet: &F, es: &Es<'_>, node: &NodeRef, mast
         .count();
     core_es::master_removal_check(coord.voting_config.len(), live_voters_after, masters - 1)
         .map_err(|e| OpsError::Refused(format!("{} cannot be removed: {e}", node.name)))?;
-    es.exclude_voter(&node.name).await?;
-    fleet.say(&format!("  {} excluded from the voting configuration", node.name));
-    fleet.stop(&node.unit).await?;
-    fleet.destroy(&node.unit).await?;
-    es.clear_voter_exclusions(true).await?;
+    // From the exclusion request on (a failed or timed-out request may still have added it),
+    // a failure clears the exclusions before returning: one left behind blocks restarts.
+    let steps = async {
+        es.exclude_voter(&node.name).await?;
+        fleet.say(&format!("  {} excluded from the voting configuration", node.name));
+        fleet.stop(&node.unit).await?;
+        fleet.destroy(&node.unit).await?;
+        es.clear_voter_exclusions(true).await?;
+        Ok::<(), OpsError>(())
+    };
+    if let Err(e) = steps.await {
+        return Err(undo_voter_exclusion(es, cluster, node, e).await);
+    }
     fleet.say(&format!("  {} destroyed; voting exclusions cleared", node.unit));
     Ok(())
 }

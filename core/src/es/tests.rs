@@ -986,10 +986,16 @@ fn check_templates(spec: &ClusterSpec) {
         assert_eq!(x.group, spec.prefix(role));
         assert_eq!(x.max_unavailable, 1);
         let r = spec.role(role);
+        // Masters: "an elected master" (the bootstrapped signal); others: "and green".
+        let query = if role == Role::Master {
+            "timeout=1s"
+        } else {
+            "wait_for_status=green&timeout=1s"
+        };
         assert_eq!(
             x.health_check,
             Some(HealthCheck::Http(format!(
-                "http://127.0.0.1:{}/_cluster/health?wait_for_status=green&timeout=1s",
+                "http://127.0.0.1:{}/_cluster/health?{query}",
                 r.http_port
             )))
         );
@@ -1043,7 +1049,22 @@ fn check_templates(spec: &ClusterSpec) {
         }
         match spec.runtime {
             Runtime::Plain => {
-                assert!(text.contains("ExecStart=/usr/bin/env ES_PATH_CONF=${ESFLEET_CONFIG_DIR} "));
+                let conf = format!("{}/%p%i/config", spec.data_root);
+                assert!(text.contains(&format!("ExecStart=/usr/bin/env ES_PATH_CONF={conf} ")));
+                assert!(text.contains("ln -sfn \"${ESFLEET_CONFIG_DIR}/unicast_hosts.txt\" unicast_hosts.txt"));
+                // Root ("+") never works inside a directory the Elasticsearch user owns.
+                let root_step = text
+                    .split("ExecStartPre=+")
+                    .nth(1)
+                    .unwrap()
+                    .split("\nExecStartPre=")
+                    .next()
+                    .unwrap();
+                assert!(
+                    !root_step.contains("cp ") && !root_step.contains("chown -R") && !root_step.contains("rm "),
+                    "{root_step}"
+                );
+                assert!(root_step.contains("chown -h"), "{root_step}");
                 assert!(text.contains(&format!("\nUser={}\n", spec.user)));
                 for limit in ["LimitNOFILE=65536", "LimitNPROC=4096", "LimitMEMLOCK=infinity"] {
                     assert!(text.contains(limit), "{limit}");
@@ -1054,6 +1075,7 @@ fn check_templates(spec: &ClusterSpec) {
                 assert!(text.contains(&format!("--template={}", spec.image)));
                 assert!(text.contains("--bind-ro=${ESFLEET_CONFIG_DIR}:/run/esfleet/config"));
                 assert!(text.contains("--keep-unit"));
+                assert!(text.contains("--kill-signal=SIGTERM"), "{text}");
                 assert!(text.contains("--rlimit=RLIMIT_NOFILE=65536"));
             }
         }

@@ -109,22 +109,30 @@ fn plain_service(t: &mut String, spec: &ClusterSpec, role: Role) {
     }
     let _ = write!(
         t,
-        "# As root (\"+\"): create this placement's data directory and the node's log directory,\n\
-         # and complete the configuration directory with the install's JVM and logging settings\n\
-         # (Elasticsearch also keeps its keystore there, so the directory belongs to {user}).\n\
+        "# As root (\"+\"): only create this node's directories under a root-owned {root}/%p%i\n\
+         # and hand them to {user} (chown -h: never through a link). Nothing runs as root in a\n\
+         # directory {user} can write, and esfleet's rendered files stay in the agent's\n\
+         # root-owned ESFLEET_CONFIG_DIR.\n\
          ExecStartPre=+/bin/sh -ec '\\\n    \
          {GUARD}    \
-         mkdir -p {root}/%p%i/${{ESFLEET_GENERATION}} {root}/%p%i/logs; \\\n    \
-         chown {user}: {root}/%p%i/${{ESFLEET_GENERATION}} {root}/%p%i/logs; \\\n    \
+         mkdir -p {root}/%p%i; chown -h root: {root}/%p%i; chmod 0755 {root}/%p%i; \\\n    \
+         mkdir -p {root}/%p%i/${{ESFLEET_GENERATION}} {root}/%p%i/logs {root}/%p%i/config; \\\n    \
+         chown -h {user}: {root}/%p%i/${{ESFLEET_GENERATION}} {root}/%p%i/logs {root}/%p%i/config'\n\
+         # As {user}: Elasticsearch's configuration directory (it keeps its keystore there) gets\n\
+         # the install's JVM and logging settings, and links to esfleet's rendered\n\
+         # elasticsearch.yml and unicast_hosts.txt (rewritten in place when masters move).\n\
+         ExecStartPre=/bin/sh -ec '\\\n    \
+         cd {root}/%p%i/config; \\\n    \
          for f in jvm.options jvm.options.d log4j2.properties; do \\\n        \
-         if [ -e {conf}/$$f ]; then rm -rf \"${{ESFLEET_CONFIG_DIR}}/$$f\"; cp -a {conf}/$$f \"${{ESFLEET_CONFIG_DIR}}/$$f\"; fi; \\\n    \
+         if [ -e {conf}/$$f ]; then rm -rf ./$$f; cp -R {conf}/$$f ./$$f; fi; \\\n    \
          done; \\\n    \
-         chown -R {user}: \"${{ESFLEET_CONFIG_DIR}}\"'\n"
+         ln -sfn \"${{ESFLEET_CONFIG_DIR}}/elasticsearch.yml\" elasticsearch.yml; \\\n    \
+         ln -sfn \"${{ESFLEET_CONFIG_DIR}}/unicast_hosts.txt\" unicast_hosts.txt'\n"
     );
     // systemd does not expand variables in Environment=, so ES_PATH_CONF is set here.
     let _ = writeln!(
         t,
-        "ExecStart=/usr/bin/env ES_PATH_CONF=${{ESFLEET_CONFIG_DIR}} {} -Epath.logs={root}/%p%i/logs",
+        "ExecStart=/usr/bin/env ES_PATH_CONF={root}/%p%i/config {} -Epath.logs={root}/%p%i/logs",
         spec.exec
     );
     t.push_str(
@@ -168,7 +176,8 @@ fn nspawn_service(t: &mut String, spec: &ClusterSpec, role: Role) {
          ln -sfn {CONTAINER_CONFIG}/unicast_hosts.txt {conf}/unicast_hosts.txt'\n\
          # --keep-unit: the container runs in this unit's cgroup, so stopping the unit stops it.\n\
          # The host network is shared: every role has its own ports.\n\
-         ExecStart=/usr/bin/systemd-nspawn --quiet --keep-unit --as-pid2 \\\n    \
+         # --kill-signal: without --boot, nspawn would SIGKILL Elasticsearch on every stop.\n\
+         ExecStart=/usr/bin/systemd-nspawn --quiet --keep-unit --as-pid2 --kill-signal=SIGTERM \\\n    \
          --machine=%p%i --directory=/var/lib/machines/%p%i \\\n    \
          --bind={root}/%p%i/${{ESFLEET_GENERATION}} \\\n    \
          --bind-ro=${{ESFLEET_CONFIG_DIR}}:{CONTAINER_CONFIG} \\\n    \
@@ -231,12 +240,23 @@ fn xfleet(t: &mut String, spec: &ClusterSpec, role: Role) {
     if !res.is_empty() {
         let _ = writeln!(t, "Resources={}", res.join(" "));
     }
-    let _ = writeln!(
-        t,
-        "# Healthy: joined a cluster with an elected master, and the cluster is green.\n\
-         HealthCheck=http://127.0.0.1:{}/_cluster/health?wait_for_status=green&timeout=1s\n\
-         MaxUnavailable=1\n\
-         Fence=stop",
-        r.http_port
-    );
+    if role == Role::Master {
+        // The scheduler marks the cluster bootstrapped once most masters are healthy: that
+        // must mean "formed", whatever the shards' state (a cluster that stays yellow must
+        // still stop rendering initial_master_nodes).
+        let _ = writeln!(
+            t,
+            "# Healthy: joined a cluster with an elected master (503 without one), whatever its status.\n\
+             HealthCheck=http://127.0.0.1:{}/_cluster/health?timeout=1s",
+            r.http_port
+        );
+    } else {
+        let _ = writeln!(
+            t,
+            "# Healthy: joined a cluster with an elected master, and the cluster is green.\n\
+             HealthCheck=http://127.0.0.1:{}/_cluster/health?wait_for_status=green&timeout=1s",
+            r.http_port
+        );
+    }
+    t.push_str("MaxUnavailable=1\nFence=stop\n");
 }

@@ -224,3 +224,25 @@ fn a_unit_of_an_undefined_cluster_is_unplaceable() {
     assert!(why.contains("no Elasticsearch cluster logs is defined"), "{why}");
     assert!(sim.view.placements.is_empty());
 }
+
+#[test]
+fn a_cluster_record_that_vanishes_stops_nothing() {
+    let mut sim = es_sim();
+    sim.step();
+    let before = sim.view.placements.clone();
+    // Deleted (or garbled: the snapshot skips what does not parse) with etcdctl.
+    sim.view.es.clear();
+    let plan = sim.step();
+    assert!(plan.actions.is_empty(), "{plan:#?}");
+    assert_eq!(
+        sim.view.placements, before,
+        "running nodes keep their placements and files"
+    );
+    // A lost machine's node is not placed anew without its cluster's definition.
+    let m = sim.machine_of("logs-d@1.service");
+    sim.lose(&m);
+    let plan = sim.step();
+    assert!(sim.machines_of("logs-d@1.service").is_empty());
+    let why = &plan.unplaceable[&name("logs-d@1.service")];
+    assert!(why.contains("no Elasticsearch cluster logs is defined"), "{why}");
+}

@@ -108,6 +108,11 @@ pub(super) struct Unit<'a> {
     /// `Elasticsearch=`: the node this unit is in its cluster (placed only on machines that
     /// pass the bootstrap checks; its config files are rendered from its placement).
     pub es: Option<(&'a crate::es::ClusterRecord, crate::es::Node)>,
+    /// Why an `Elasticsearch=` unit has no cluster node to render (its cluster record is
+    /// missing or unreadable, or the name is not one of its nodes): it gets no new
+    /// placement, but a running node keeps its placement and files, so a record deleted
+    /// or garbled with etcdctl never stops a whole cluster at once.
+    pub es_missing: Option<String>,
 }
 
 /// A placement as this pass leaves it.
@@ -396,11 +401,12 @@ impl<'a> Pass<'a> {
                 Some(&m) if pass.machines[m].state != MState::Lost => Some(m),
                 _ => None,
             });
+            let mut es_missing = None;
             let es = match &o.elasticsearch {
                 None => None,
                 Some(cluster) => match view.es.get(cluster) {
                     None => {
-                        bad.get_or_insert(format!(
+                        es_missing = Some(format!(
                             "Elasticsearch={cluster}, but no Elasticsearch cluster {cluster} is defined (esfleet es apply)"
                         ));
                         None
@@ -409,7 +415,7 @@ impl<'a> Pass<'a> {
                         Some(node) => Some((rec, node)),
                         None if name.is_template() => None,
                         None => {
-                            bad.get_or_insert(format!(
+                            es_missing = Some(format!(
                                 "Elasticsearch={cluster}, but {name} is not one of the cluster's nodes \
                                  (esfleet es apply creates them)"
                             ));
@@ -443,6 +449,7 @@ impl<'a> Pass<'a> {
                 depth: 0,
                 max_unavailable: o.max_unavailable.max(1),
                 es,
+                es_missing,
             });
         }
         pass.unavailable = vec![0; pass.groups.len()];
@@ -727,7 +734,8 @@ impl<'a> Pass<'a> {
     /// Host checks a unit needs of a machine it is newly placed on (a running unit is never
     /// moved for them: a fact read wrongly once must not move an Elasticsearch node).
     pub(super) fn host_ok(&self, u: Uid, m: Mid) -> bool {
-        self.units[u].rec.options.elasticsearch.is_none() || self.machines[m].es_unfit.is_none()
+        let unit = &self.units[u];
+        unit.rec.options.elasticsearch.is_none() || (unit.es_missing.is_none() && self.machines[m].es_unfit.is_none())
     }
 
     pub(super) fn fits(&self, u: Uid, m: Mid) -> bool {
@@ -1260,6 +1268,8 @@ impl<'a> Pass<'a> {
                                     crate::es::render_files(stored, node, rec, p.gen, masters)
                                 }
                             }
+                            // No cluster node to render for: keep what it runs with.
+                            None if unit.es_missing.is_some() => p.old.map(|o| o.files.clone()).unwrap_or_default(),
                             None => BTreeMap::new(),
                         };
                         (placement_env(rec, p.gen), files)

@@ -104,6 +104,9 @@ impl Pass<'_> {
             None => (0..n).collect(),
         };
         let unit = &self.units[u];
+        if let Some(why) = &unit.es_missing {
+            return why.clone();
+        }
         let pinned_id = unit.rec.options.machine_id.clone().unwrap_or_default();
         if unit.pin == Some(None) {
             return format!("MachineID={pinned_id}, but no registered machine has that id");
