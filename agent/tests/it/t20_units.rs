@@ -55,7 +55,16 @@ async fn entry_to_running_unit_and_back() {
         async move { state(&mut c, &id, "web.service").await.is_none().then_some(()) }
     })
     .await;
-    assert!(fake.file(&n("web.service")).is_none(), "uninstalled");
+    // The state record may go (a report on systemd's stop notice) a moment before the
+    // reconciler's uninstall finishes: wait for the files, then check the order of calls.
+    eventually("uninstalled and reloaded", || {
+        let fake = fake.clone();
+        async move {
+            let last = fake.calls().into_iter().map(|c| c.op).rev().find(|o| *o != Op::States);
+            (fake.file(&n("web.service")).is_none() && last == Some(Op::Reload)).then_some(())
+        }
+    })
+    .await;
     assert_ne!(live(&fake, "web.service").await.0, "active");
     let ops: Vec<Op> = fake.calls().into_iter().map(|c| c.op).collect();
     let stop = ops.iter().position(|o| *o == Op::Stop).unwrap();
