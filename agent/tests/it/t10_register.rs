@@ -25,7 +25,12 @@ async fn registers_on_a_lease_and_refuses_a_duplicate_id() {
     assert!(record.facts.cpus > 0 && record.facts.memory_bytes > 0 && record.facts.disk_free_bytes > 0);
     assert!(!record.hostname.is_empty());
     assert_ne!(lease, 0, "the record is on a lease");
-    assert_eq!(Some(lease), a.status.borrow().lease);
+    let status_lease = eventually("the agent's status", || {
+        let l = a.status.borrow().lease;
+        async move { l }
+    })
+    .await;
+    assert_eq!(status_lease, lease);
 
     // Same id, another agent: refused, the record stays on the first agent's lease.
     let (b, _fake_b) = agent(agent_config(cluster.endpoints(), &id, fast_timing()));
@@ -41,7 +46,13 @@ async fn registers_on_a_lease_and_refuses_a_duplicate_id() {
         async move { machine(&mut c, &id).await.filter(|(_, l)| *l != lease) }
     })
     .await;
-    assert_eq!(Some(lease_b), b.status.borrow().lease);
+    // The record lands a moment before the agent publishes its status.
+    let status_lease = eventually("the second agent's status", || {
+        let l = b.status.borrow().lease;
+        async move { l }
+    })
+    .await;
+    assert_eq!(status_lease, lease_b);
     b.stop().await;
     assert!(machine(&mut c, &id).await.is_none(), "gone at once after the revoke");
     cluster.stop().await;
