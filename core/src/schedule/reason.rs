@@ -201,40 +201,42 @@ impl Pass<'_> {
 
         let checked: Vec<Mid> = free.iter().copied().filter(|&m| self.host_ok(u, m)).collect();
         if checked.is_empty() {
-            let why: Vec<String> = free
-                .iter()
-                .map(|&m| {
-                    let why = self.machines[m]
-                        .es_unfit
-                        .as_deref()
-                        .unwrap_or("its facts are not reported");
-                    format!("{}: {why}", self.machines[m].id)
-                })
-                .collect();
             let every = if free.len() == 1 {
                 "the only eligible machine fails"
             } else {
                 "no eligible machine passes"
             };
-            return format!("{every} Elasticsearch's bootstrap checks ({})", list(why));
+            return format!("{every} Elasticsearch's bootstrap checks: {}", self.unfit_groups(&free));
         }
         let reason = self.capacity_reason(u, &checked);
-        let failing: Vec<String> = free
-            .iter()
-            .filter_map(|&m| {
-                let why = self.machines[m].es_unfit.as_deref()?;
-                (!self.host_ok(u, m)).then(|| format!("{}: {why}", self.machines[m].id))
-            })
-            .collect();
+        let failing: Vec<Mid> = free.iter().copied().filter(|&m| !self.host_ok(u, m)).collect();
         if failing.is_empty() {
             reason
         } else {
             format!(
-                "{reason}; {} more machine(s) fail Elasticsearch's bootstrap checks ({})",
+                "{reason}; {} more machine(s) fail Elasticsearch's bootstrap checks: {}",
                 failing.len(),
-                list(failing)
+                self.unfit_groups(&failing)
             )
         }
+    }
+
+    /// Why machines fail the bootstrap checks, one entry per distinct reason with the
+    /// machines that have it (a fleet-wide sysctl names the fix once, not per machine).
+    fn unfit_groups(&self, machines: &[Mid]) -> String {
+        let mut groups: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for &m in machines {
+            let why = self.machines[m]
+                .es_unfit
+                .as_deref()
+                .unwrap_or("its facts are not reported");
+            groups.entry(why).or_default().push(self.machines[m].id);
+        }
+        groups
+            .into_iter()
+            .map(|(why, ids)| format!("{why} (on {} machine(s): {})", ids.len(), list(ids)))
+            .collect::<Vec<_>>()
+            .join("; ")
     }
 
     /// Resources, then DistinctBy, over the machines every earlier filter left.
