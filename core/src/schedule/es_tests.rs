@@ -203,6 +203,12 @@ fn machines_failing_bootstrap_checks_get_no_new_node_and_the_reason_says_why() {
         why.contains("bootstrap checks") && why.contains("vm.max_map_count"),
         "{why}"
     );
+    assert_eq!(
+        why.matches("vm.max_map_count is").count(),
+        1,
+        "one entry per reason: {why}"
+    );
+    assert!(why.contains("(on 3 machine(s): c1, c2, c3)"), "{why}");
     for (m, units) in &sim.view.placements {
         assert!(!m.starts_with('c'), "{m} got {:?}", units.keys().collect::<Vec<_>>());
     }
