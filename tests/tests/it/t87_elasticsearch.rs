@@ -216,6 +216,10 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
                 &format!("0.0.0.0:{MODEL_PORT}"),
                 "--recovery-ms",
                 "500",
+                // Elasticsearch waits ~30 s before dropping a silent node; 1.5 s (the
+                // stand-in's default) dropped every live node during a CPU stall on CI.
+                "--fault-detect-ms",
+                "5000",
             ],
         )
         .unwrap();
