@@ -34,13 +34,19 @@ fn es_machine(id: &str, zone: &str) -> MachineRecord {
 
 /// Nine machines in three zones, the cluster's record, its templates and instances.
 fn es_sim() -> Sim {
+    cluster_sim(SPEC, false)
+}
+
+/// Nine machines (a1..c3) in zones a, b, c passing the bootstrap checks, and the cluster
+/// `spec` (TOML): its record, templates (inactive) and instances (launched); nothing placed.
+pub(super) fn cluster_sim(spec: &str, bootstrapped: bool) -> Sim {
     let mut sim = Sim::new();
     for z in ["a", "b", "c"] {
         for i in 1..=3 {
             sim.add_machine(es_machine(&format!("{z}{i}"), z));
         }
     }
-    let spec = parse_spec(SPEC).unwrap();
+    let spec = parse_spec(spec).unwrap();
     for (unit, text) in templates(&spec) {
         add_text(&mut sim, unit.as_str(), &text, DesiredState::Inactive);
     }
@@ -50,13 +56,9 @@ fn es_sim() -> Sim {
             .clone();
         add_text(&mut sim, unit.as_str(), &template, DesiredState::Launched);
     }
-    sim.view.es.insert(
-        "logs".into(),
-        ClusterRecord {
-            spec,
-            bootstrapped: false,
-        },
-    );
+    sim.view
+        .es
+        .insert(spec.name.clone(), ClusterRecord { spec, bootstrapped });
     sim
 }
 

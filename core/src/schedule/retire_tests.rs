@@ -3,14 +3,11 @@
 //! directory it used there; nothing else does — not a suspect machine, not a drain, not an
 //! unload, not a unit that is not an Elasticsearch node.
 
-use std::collections::BTreeMap;
-
-use super::tests::{machine, name, Sim};
+use super::tests::{name, Sim};
 use super::*;
-use crate::es::{data_dir, instances, parse_spec, templates, ClusterRecord};
-use crate::model::{unit_hash, DesiredState, RetiredRecord, UnitRecord};
+use crate::es::data_dir;
+use crate::model::{DesiredState, RetiredRecord};
 use crate::options::XFleet;
-use crate::unit::validate_unit;
 
 const SPEC: &str = r#"
 name = "logs"
@@ -28,46 +25,7 @@ memory = "2g"
 /// Nine machines in three zones running the cluster `logs`, plus `web.service` (not an
 /// Elasticsearch node), everything placed.
 fn placed() -> Sim {
-    let mut sim = Sim::new();
-    for z in ["a", "b", "c"] {
-        for i in 1..=3 {
-            let mut m = machine(&format!("{z}{i}"), &[("zone", z)]);
-            m.address = format!("10.0.{}.{i}", z.as_bytes()[0]);
-            m.facts.max_map_count = 262_144;
-            m.facts.threads_max = 100_000;
-            sim.add_machine(m);
-        }
-    }
-    let spec = parse_spec(SPEC).unwrap();
-    let add = |sim: &mut Sim, n: &str, text: &str, desired: DesiredState| {
-        let unit = validate_unit(&name(n), text).unwrap();
-        sim.view.units.insert(
-            name(n),
-            UnitRecord {
-                name: name(n),
-                text: text.to_string(),
-                hash: unit_hash(text),
-                desired,
-                options: unit.options,
-                has_install: false,
-            },
-        );
-    };
-    let mut texts = BTreeMap::new();
-    for (unit, text) in templates(&spec) {
-        add(&mut sim, unit.as_str(), &text, DesiredState::Inactive);
-        texts.insert(unit.prefix().to_string(), text);
-    }
-    for unit in instances(&spec) {
-        add(&mut sim, unit.as_str(), &texts[unit.prefix()], DesiredState::Launched);
-    }
-    sim.view.es.insert(
-        "logs".into(),
-        ClusterRecord {
-            spec,
-            bootstrapped: true,
-        },
-    );
+    let mut sim = super::es_tests::cluster_sim(SPEC, true);
     sim.add("web.service", DesiredState::Launched, XFleet::default());
     let plan = sim.step();
     assert!(plan.unplaceable.is_empty(), "{:?}", plan.unplaceable);
