@@ -435,15 +435,19 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn a_dead_node_is_skipped_and_the_live_one_preferred_next_time() {
-        // A port nobody listens on: bind, note, drop.
-        let dead = TcpListener::bind("127.0.0.1:0")
+    /// A port nobody listens on: bind, note, drop.
+    async fn dead_addr() -> String {
+        TcpListener::bind("127.0.0.1:0")
             .await
             .unwrap()
             .local_addr()
             .unwrap()
-            .to_string();
+            .to_string()
+    }
+
+    #[tokio::test]
+    async fn a_dead_node_is_skipped_and_the_live_one_preferred_next_time() {
+        let dead = dead_addr().await;
         let (addr, _t) = serve_once(b"HTTP/1.0 200 OK\r\n\r\n{\"ok\":1}").await;
         let es = EsHttp::new(vec![format!("http://{dead}"), addr.clone()], Duration::from_secs(5));
         let v = es.json(Method::Get, "/", None).await.unwrap();
@@ -459,12 +463,7 @@ mod tests {
 
     #[tokio::test]
     async fn nothing_reachable_names_every_node() {
-        let dead = TcpListener::bind("127.0.0.1:0")
-            .await
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .to_string();
+        let dead = dead_addr().await;
         let es = EsHttp::new(vec![dead.clone()], Duration::from_secs(5));
         let e = es.json(Method::Get, "/_cluster/health", None).await.unwrap_err();
         assert!(matches!(e, HttpError::Unreachable { .. }));
