@@ -372,6 +372,18 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
         .filter(|u| zone_of(&at[*u]) == lost_zone)
         .collect();
     assert_eq!(lost_data.len(), 1, "{at:?}");
+    let path_data = |host: &str, unit: &str| -> String {
+        let yml = c
+            .hosts()
+            .exec_ok(host, &["cat", &format!("/etc/esfleet/units/{unit}/elasticsearch.yml")])
+            .unwrap();
+        yml.lines()
+            .find_map(|l| l.strip_prefix("path.data: "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string()
+    };
+    let lost_path = path_data(&at[lost_data[0]], lost_data[0]);
     let from = model_now(&es.history());
     let t = Instant::now();
     for h in c.names().iter().filter(|h| zone_of(h) == lost_zone) {
@@ -423,8 +435,10 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
             &["cat", &format!("/etc/esfleet/units/{unit}/elasticsearch.yml")],
         )
         .unwrap();
-    let old_yml_gen = format!("/{}/", at[unit]);
-    assert!(!yml.contains(&old_yml_gen));
+    assert!(
+        !yml.contains(&format!("path.data: \"{lost_path}\"")),
+        "recreated on its old data dir {lost_path}:\n{yml}"
+    );
     let path = yml
         .lines()
         .find_map(|l| l.strip_prefix("path.data: "))
