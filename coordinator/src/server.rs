@@ -93,7 +93,7 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         (None, ClusterState::Existing) => 0,
     };
 
-    let log_store = LogStore::new(backend.clone());
+    let log_store = LogStore::new(backend.clone())?;
     let (sm, shared) = StateMachine::open(backend.clone(), snapshots)?;
     let leases: Vec<(i64, i64)> = shared
         .mvcc
