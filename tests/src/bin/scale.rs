@@ -198,6 +198,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     }
     steady_state(&mut sim, steady).await?;
     fan_out(&mut sim).await?;
+    commands(&mut sim).await?;
     machine_loss(&mut sim, args.timeout.into()).await?;
     failover(&mut sim).await?;
     if let Some(d) = args.churn {
@@ -480,6 +481,50 @@ async fn steady_state(sim: &mut Sim, window: Duration) -> anyhow::Result<()> {
         .filter_map(|p| procstat::cpu_secs(p).ok())
         .sum();
     println!("   (agents' processes: {agents_cpu:.1} s CPU in total since start)");
+    Ok(())
+}
+
+/// What the CLI's read commands cost at this size (fleet's issue #1340: `fleetctl
+/// list-units` took minutes at 2,500 units): each RPC 5 times, median and slowest.
+async fn commands(sim: &mut Sim) -> anyhow::Result<()> {
+    const TIMES: usize = 5;
+    let one = sim.work.singles.iter().next().cloned().context("no unit")?;
+    let mut lines = Vec::new();
+    for what in ["GetUnit", "ListUnitFiles", "ListUnits", "ListMachines"] {
+        let mut took = Vec::new();
+        let mut items = 0;
+        for _ in 0..TIMES {
+            let mut f = sim.fleet.clone();
+            let t = Instant::now();
+            items = match what {
+                "GetUnit" => {
+                    let r = f.get_unit(pb::GetUnitRequest { name: one.clone() }).await?.into_inner();
+                    usize::from(r.unit.is_some())
+                }
+                "ListUnitFiles" => f
+                    .list_unit_files(pb::ListUnitFilesRequest {})
+                    .await?
+                    .into_inner()
+                    .units
+                    .len(),
+                "ListUnits" => f.list_units(pb::ListUnitsRequest {}).await?.into_inner().units.len(),
+                _ => f
+                    .list_machines(pb::ListMachinesRequest {})
+                    .await?
+                    .into_inner()
+                    .machines
+                    .len(),
+            };
+            took.push(t.elapsed());
+        }
+        took.sort_unstable();
+        lines.push(format!(
+            "{what} ({items} rows) p50 {:.0} ms, max {:.0} ms",
+            took[TIMES / 2].as_secs_f64() * 1000.0,
+            took[TIMES - 1].as_secs_f64() * 1000.0
+        ));
+    }
+    println!("7. CLI reads, {TIMES} each: {}", lines.join("; "));
     Ok(())
 }
 
