@@ -9,7 +9,9 @@
 //! state report between passes. Errors go to a backoff policy, never to a busy loop.
 //!
 //! Every full re-read also reads `retired/<machine>/`: data this machine's placements left
-//! when the machine was lost and their units were placed elsewhere. After a reconcile pass,
+//! when the machine was lost and their units were placed elsewhere. Only records the
+//! scheduler has released (their Elasticsearch cluster is whole again) are acted on; while
+//! any is not, every reconcile pass reads the prefix again. After a reconcile pass, released
 //! records whose unit no longer runs here from that generation are handed to a background
 //! task that removes the data ([`crate::retire`], inside `--data-root` only) and then the
 //! record; the worker goes on reconciling meanwhile.
@@ -167,6 +169,7 @@ fn start_inner<M: UnitManager>(
         client: new_client(),
         new_client,
         retired: Vec::new(),
+        held: 0,
         cleanup: Cleanup::default(),
         shared: shared.clone(),
         session: status.clone(),
@@ -300,8 +303,10 @@ struct Worker<M> {
     client: Client,
     /// Another connection like `client`, for the cleanup task.
     new_client: Arc<dyn Fn() -> Client + Send + Sync>,
-    /// Retired records read at the last full re-read, not yet handed to the cleanup.
+    /// Released retired records read at the last read, not yet handed to the cleanup.
     retired: Vec<Tombstone>,
+    /// Records not released yet at the last read: read again after every pass.
+    held: usize,
     cleanup: Cleanup,
     shared: Arc<Shared<M>>,
     session: watch::Receiver<Status>,
@@ -443,6 +448,9 @@ impl<M: UnitManager> Worker<M> {
         // Only after a complete pass: a failed one may not have adopted what runs here (an
         // old generation could still be running on the data a record names).
         if ok {
+            if self.held > 0 && !self.cleanup.busy() {
+                self.reread_retired().await;
+            }
             self.retire();
         }
         if let Err(e) = self.report().await {
@@ -514,20 +522,42 @@ impl<M: UnitManager> Worker<M> {
             units = self.desired.len(),
             refused = self.refused.len(),
             retired = self.retired.len(),
+            retired_held = self.held,
             revision = rev,
             "schedule read"
         );
         self.client.watch(&self.prefix, rev + 1).await
     }
 
-    /// The readable retired records among `kvs`; the others are logged and left alone.
-    fn tombstones(&self, kvs: Vec<esfleet_proto::mvccpb::KeyValue>) -> Vec<Tombstone> {
+    /// Reads `retired/<machine>/` again, while some record waits for its release.
+    async fn reread_retired(&mut self) {
+        match self
+            .client
+            .range_prefix(&keys::retired_prefix(&self.cfg.machine_id))
+            .await
+        {
+            Ok((found, _)) => {
+                let before = self.held;
+                self.retired = self.tombstones(found);
+                if self.held < before {
+                    tracing::info!(held = self.held, ready = self.retired.len(), "retired data released");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot read this machine's retired records; the next pass retries"),
+        }
+    }
+
+    /// The released retired records among `kvs` (counting the others in `held`); the
+    /// unreadable ones are logged and left alone.
+    fn tombstones(&mut self, kvs: Vec<esfleet_proto::mvccpb::KeyValue>) -> Vec<Tombstone> {
         let prefix = keys::retired_prefix(&self.cfg.machine_id);
         let mut out = Vec::new();
+        self.held = 0;
         for kv in kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
             let raw = key.strip_prefix(&prefix).unwrap_or(&key);
             match serde_json::from_slice::<RetiredRecord>(&kv.value) {
+                Ok(rec) if rec.unit.as_str() == raw && !rec.released => self.held += 1,
                 Ok(rec) if rec.unit.as_str() == raw => out.push(Tombstone {
                     key,
                     mod_revision: kv.mod_revision,

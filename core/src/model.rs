@@ -196,9 +196,13 @@ pub struct DrainRecord {
 
 /// `retired/<machine>/<unit>`: the data a placement left on a machine that was lost (its
 /// record gone past the loss margin) when the scheduler placed the unit elsewhere. Written
-/// by the scheduler next to the deletion of the schedule entry; when the machine's agent
-/// registers again it removes `paths` (only inside its `--data-root`, and only if the unit
-/// is not scheduled there with this `generation`), then deletes the key.
+/// by the scheduler next to the deletion of the schedule entry, not yet `released`. The
+/// scheduler releases it once the node's cluster is whole again (every wanted node placed,
+/// running and healthy, at least one of them a data node: a data node's check passes only
+/// while the cluster is green), so the old directory no longer holds a shard copy the
+/// cluster lacks. Once the machine's agent is back and the record released, it removes
+/// `paths` (only inside its `--data-root`, and only if the unit is not scheduled there with
+/// this `generation`), then deletes the key.
 ///
 /// Only Elasticsearch nodes leave one: their data is large, and a recreated node starts
 /// from an empty directory of a new generation, so the old one is garbage once the node
@@ -212,6 +216,12 @@ pub struct RetiredRecord {
     /// Absolute directories the placement used (`<data_root>/<node>/<generation>`).
     #[serde(default)]
     pub paths: Vec<String>,
+    /// The Elasticsearch cluster the node belongs to.
+    #[serde(default)]
+    pub cluster: String,
+    /// Set by the scheduler once the cluster is whole again; only then may the data go.
+    #[serde(default)]
+    pub released: bool,
 }
 
 /// The `Environment=` facts a placement gives its unit (DESIGN.md decision 7).

@@ -1,6 +1,6 @@
-//! Data a lost machine's placements left (`retired/<machine>/<unit>`): removed when the
-//! machine's agent registers again (once the unit no longer runs there), then the record
-//! deleted; refused, and the record kept for an operator, when the path is not safely inside
+//! Data a lost machine's placements left (`retired/<machine>/<unit>`): kept while the
+//! record is not released; removed once it is and the machine's agent is back (and the unit
+//! no longer runs there), then the record deleted; refused, and the record kept for an operator, when the path is not safely inside
 //! `--data-root`; left alone for a unit scheduled there with that generation. Every test
 //! removes only under a temporary data root.
 
@@ -15,11 +15,25 @@ use esfleet_core::options::Fence;
 
 use crate::fixtures::*;
 
+/// Writes a released record (the scheduler found the cluster whole again).
 async fn tombstone(c: &mut Client, machine: &str, unit: &str, generation: u64, paths: &[&Path]) -> String {
+    tombstone_as(c, machine, unit, generation, paths, true).await
+}
+
+async fn tombstone_as(
+    c: &mut Client,
+    machine: &str,
+    unit: &str,
+    generation: u64,
+    paths: &[&Path],
+    released: bool,
+) -> String {
     let rec = RetiredRecord {
         unit: n(unit),
         generation,
         paths: paths.iter().map(|p| p.display().to_string()).collect(),
+        cluster: "logs".into(),
+        released,
     };
     let key = keys::retired(machine, &n(unit));
     put_raw(c, &key, &serde_json::to_vec(&rec).unwrap()).await;
@@ -80,7 +94,8 @@ async fn a_returning_machine_removes_its_retired_data_once_the_unit_is_gone() {
     })
     .await;
     unschedule(&mut c, &id, "logs-d@1.service").await;
-    let key = tombstone(&mut c, &id, "logs-d@1.service", 5, &[&old]).await;
+    // Not released yet: the node's cluster is not whole again.
+    let key = tombstone_as(&mut c, &id, "logs-d@1.service", 5, &[&old], false).await;
     let theirs_dir = data_dir(&root.join("es/logs-d2/6"));
     let theirs = tombstone(&mut c, &other, "logs-d@2.service", 6, &[&theirs_dir]).await;
     // The unit's removal fails a few times: its data stays while it is installed.
@@ -96,6 +111,15 @@ async fn a_returning_machine_removes_its_retired_data_once_the_unit_is_gone() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // Passes go on (1 s apart here) and read the record again each time; it stays, and so
+    // does the data, until the scheduler releases it.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        old.join("nodes/0/indices/segment").exists(),
+        "removed before its release"
+    );
+    assert!(get(&mut c, &key).await.is_some(), "the held record stays");
+    tombstone_as(&mut c, &id, "logs-d@1.service", 5, &[&old], true).await;
     wait_deleted(&cluster, &key).await;
     assert!(a.status.borrow().epoch > epoch, "registered again");
     assert!(!old.exists(), "the retired generation's directory is gone");
@@ -148,6 +172,8 @@ async fn hostile_paths_are_refused_and_their_records_kept() {
         unit: n("zz@1.service"),
         generation: 12,
         paths: vec![good.display().to_string()],
+        cluster: "logs".into(),
+        released: true,
     };
     put_raw(&mut c, &mismatched, &serde_json::to_vec(&rec).unwrap()).await;
     let garbage = keys::retired(&id, &n("i@1.service"));

@@ -403,6 +403,7 @@ pub fn build_view(snap: &StoreSnapshot, suspect: BTreeSet<String>, avoid: BTreeS
         states: snap.states.clone(),
         avoid,
         es: snap.es.clone(),
+        retired: snap.retired.clone(),
     }
 }
 
@@ -536,6 +537,8 @@ mod tests {
             unit: unit.clone(),
             generation: 17,
             paths: vec!["/var/lib/esfleet/es/logs-d1/17".into()],
+            cluster: "logs".into(),
+            released: false,
         };
         let plan = Plan {
             actions: vec![Action::Delete {

@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use esfleet_core::keys;
-use esfleet_core::model::{DrainRecord, MachineRecord, ScheduleEntry, UnitRecord, UnitState};
+use esfleet_core::model::{DrainRecord, MachineRecord, RetiredRecord, ScheduleEntry, UnitRecord, UnitState};
 use esfleet_core::name::validate_machine_id;
 use esfleet_core::UnitName;
 use esfleet_proto::etcdserverpb::RangeRequest;
@@ -34,6 +34,8 @@ pub struct StoreSnapshot {
     /// Elasticsearch cluster definitions, by name, and each key's mod_revision.
     pub es: BTreeMap<String, esfleet_core::es::ClusterRecord>,
     pub es_revisions: BTreeMap<String, i64>,
+    /// Data left on lost machines: machine → unit → record.
+    pub retired: BTreeMap<String, BTreeMap<UnitName, RetiredRecord>>,
     /// Keys that could not be parsed, with why.
     pub skipped: Vec<(String, String)>,
 }
@@ -133,6 +135,13 @@ impl StoreSnapshot {
                 .map_err(|e| format!("not a valid Elasticsearch cluster: {e}"))?;
             self.es_revisions.insert(name.to_string(), kv.mod_revision);
             self.es.insert(name.to_string(), rec);
+        } else if let Some((machine, unit)) = keys::split_two(key, keys::RETIRED) {
+            let unit = unit_name(unit)?;
+            let rec: RetiredRecord = json(&kv.value)?;
+            if rec.unit != unit {
+                return Err(format!("record names unit {} but sits at the key of {unit}", rec.unit));
+            }
+            self.retired.entry(machine.to_string()).or_default().insert(unit, rec);
         } else if key == keys::SCHEDULER_EPOCH {
             self.epoch = Some(decode_epoch(&kv.value).ok_or("not a number")?);
         }

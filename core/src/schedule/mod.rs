@@ -46,6 +46,8 @@ pub struct ClusterView {
     pub avoid: BTreeSet<(UnitName, String)>,
     /// Elasticsearch cluster definitions (`es/<name>`), by name.
     pub es: BTreeMap<String, crate::es::ClusterRecord>,
+    /// Data left on lost machines (`retired/<machine>/<unit>`): machine → unit → record.
+    pub retired: BTreeMap<String, BTreeMap<UnitName, crate::model::RetiredRecord>>,
 }
 
 /// Scheduler settings (none yet beyond the defaults; kept so callers pass one place).
@@ -97,8 +99,14 @@ pub fn schedule(view: &ClusterView, cfg: &Config) -> Plan {
     pass::run(view, cfg)
 }
 
-/// Applies `plan`'s actions to `view.placements`, as the coordinator's Txn does to the store.
+/// Applies `plan`'s writes to `view`, as the coordinator's Txn does to the store.
 pub fn apply(view: &mut ClusterView, plan: &Plan) {
+    for (machine, rec) in &plan.retired {
+        view.retired
+            .entry(machine.clone())
+            .or_default()
+            .insert(rec.unit.clone(), rec.clone());
+    }
     for c in &plan.es_bootstrapped {
         if let Some(rec) = view.es.get_mut(c) {
             rec.bootstrapped = true;

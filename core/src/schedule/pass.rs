@@ -655,6 +655,8 @@ impl<'a> Pass<'a> {
                 unit: unit.clone(),
                 generation: entry.generation,
                 paths: vec![crate::es::data_dir(&rec.spec, &node.name, entry.generation)],
+                cluster: rec.spec.name.clone(),
+                released: false,
             },
         ));
     }
@@ -1195,6 +1197,54 @@ impl<'a> Pass<'a> {
             .collect()
     }
 
+    /// Retired records to release: their cluster is whole again ([`RetiredRecord`]), or
+    /// it is gone (no definition and no unit naming it: nothing left to protect).
+    fn releases(&self) -> Vec<(String, RetiredRecord)> {
+        // cluster → (every wanted node placed, active and healthy; healthy data nodes).
+        let mut whole: BTreeMap<&str, (bool, u32)> = BTreeMap::new();
+        for (u, unit) in self.units.iter().enumerate() {
+            let Some((rec, node)) = &unit.es else { continue };
+            let w = whole.entry(rec.spec.name.as_str()).or_insert((true, 0));
+            if !unit.wanted {
+                continue;
+            }
+            let up = self.placed[u].iter().any(|p| {
+                self.state_of(u, p.m)
+                    .is_some_and(|s| s.is_active() && s.generation == p.gen && s.healthy == Some(true))
+            });
+            w.0 &= up;
+            w.1 += u32::from(up && node.role == crate::es::Role::Data);
+        }
+        let named = |c: &str| {
+            self.view.es.contains_key(c)
+                || whole.contains_key(c)
+                || self
+                    .view
+                    .units
+                    .values()
+                    .any(|r| r.options.elasticsearch.as_deref() == Some(c))
+        };
+        let mut out = Vec::new();
+        for (machine, recs) in &self.view.retired {
+            for rec in recs.values().filter(|r| !r.released) {
+                let release = match whole.get(rec.cluster.as_str()) {
+                    Some((all, data)) => *all && *data > 0,
+                    None => !named(&rec.cluster),
+                };
+                if release {
+                    out.push((
+                        machine.clone(),
+                        RetiredRecord {
+                            released: true,
+                            ..rec.clone()
+                        },
+                    ));
+                }
+            }
+        }
+        out
+    }
+
     /// Phase 5: every placement's entry; a Put where it is new or differs.
     fn finish(mut self) -> Plan {
         let active: Vec<bool> = (0..self.units.len())
@@ -1206,6 +1256,7 @@ impl<'a> Pass<'a> {
             })
             .collect();
         let boot = self.es_bootstrapped();
+        let released = self.releases();
         let mut masters: HashMap<&str, Vec<crate::es::MasterAddr>> = HashMap::new();
         // Per StartAfter= set: (wanted units matching it, of which active).
         let mut counts: HashMap<SetId, (u32, u32)> = HashMap::new();
@@ -1327,6 +1378,7 @@ impl<'a> Pass<'a> {
         });
         actions.dedup();
         let mut retired = self.retired;
+        retired.extend(released);
         retired.sort();
         retired.dedup();
         Plan {

@@ -72,6 +72,8 @@ fn a_lost_machines_es_placements_leave_a_tombstone_naming_their_data_dir() {
                     unit: u.clone(),
                     generation: *gen,
                     paths: vec![data_dir(spec, &node, *gen)],
+                    cluster: "logs".into(),
+                    released: false,
                 },
             )
         })
@@ -99,8 +101,106 @@ fn a_lost_machines_es_placements_leave_a_tombstone_naming_their_data_dir() {
     let new = sim.machine_of("logs-d@1.service");
     let yml = &sim.entry(&new, "logs-d@1.service").files["elasticsearch.yml"];
     assert!(!yml.contains(&d1.1.paths[0]), "{yml}");
-    // Written once: the next pass has no placement there left to retire.
+    // Written once: the next pass has no placement there left to retire (and the cluster
+    // is not whole yet: nothing to release).
     assert!(schedule(&sim.view, &Config::default()).retired.is_empty());
+}
+
+/// The records now stored for `machine`.
+fn stored(sim: &Sim, machine: &str) -> Vec<RetiredRecord> {
+    sim.view
+        .retired
+        .get(machine)
+        .map(|r| r.values().cloned().collect())
+        .unwrap_or_default()
+}
+
+#[test]
+fn a_tombstone_is_released_only_once_the_cluster_is_whole_again() {
+    let mut sim = placed();
+    all_healthy(&mut sim);
+    let lost = sim.machine_of("logs-d@1.service");
+    sim.lose(&lost);
+    sim.step();
+    assert!(!stored(&sim, &lost).is_empty());
+    assert!(stored(&sim, &lost).iter().all(|r| !r.released));
+
+    // The recreated node runs but is not healthy yet (recovering its shards: yellow).
+    let new = sim.machine_of("logs-d@1.service");
+    sim.activate_on(&new, "logs-d@1.service");
+    sim.view
+        .states
+        .get_mut(&new)
+        .unwrap()
+        .get_mut(&name("logs-d@1.service"))
+        .unwrap()
+        .healthy = Some(false);
+    let plan = sim.step();
+    assert!(
+        plan.retired.is_empty(),
+        "not whole: nothing released: {:?}",
+        plan.retired
+    );
+
+    // One node of the cluster elsewhere is down: still not whole.
+    all_healthy(&mut sim);
+    let other = sim.machine_of("logs-d@2.service");
+    sim.view
+        .states
+        .get_mut(&other)
+        .unwrap()
+        .get_mut(&name("logs-d@2.service"))
+        .unwrap()
+        .healthy = Some(false);
+    assert!(sim.step().retired.is_empty());
+
+    // Every node placed, running and healthy: released, each record once.
+    all_healthy(&mut sim);
+    let plan = sim.step();
+    let before: Vec<RetiredRecord> = plan
+        .retired
+        .iter()
+        .map(|(_, r)| RetiredRecord {
+            released: false,
+            ..r.clone()
+        })
+        .collect();
+    assert!(!plan.retired.is_empty());
+    assert!(
+        plan.retired.iter().all(|(m, r)| *m == lost && r.released),
+        "{:?}",
+        plan.retired
+    );
+    let mut was = stored(&sim, &lost);
+    was.iter_mut().for_each(|r| r.released = false);
+    assert_eq!(before, was, "the same records, only marked released");
+    assert!(sim.step().retired.is_empty(), "released once");
+}
+
+#[test]
+fn a_stopped_cluster_holds_its_tombstones_and_a_deleted_one_releases_them() {
+    let mut sim = placed();
+    all_healthy(&mut sim);
+    let lost = sim.machine_of("logs-d@1.service");
+    sim.lose(&lost);
+    sim.step();
+    assert!(!stored(&sim, &lost).is_empty());
+
+    // Every node unloaded: no healthy data node vouches for the shards; the data stays.
+    for rec in sim.view.units.values_mut() {
+        if rec.options.elasticsearch.is_some() {
+            rec.desired = DesiredState::Inactive;
+        }
+    }
+    sim.step();
+    assert!(sim.step().retired.is_empty());
+
+    // Destroyed, definition and all: nothing is left to protect.
+    sim.view.units.retain(|_, r| r.options.elasticsearch.is_none());
+    sim.view.es.clear();
+    let plan = sim.step();
+    assert!(!plan.retired.is_empty());
+    assert!(plan.retired.iter().all(|(_, r)| r.released), "{:?}", plan.retired);
 }
 
 #[test]
