@@ -19,7 +19,7 @@
 //! Shutdown ([`Running::stop`]): stop the worker, stop the units if configured, then revoke
 //! the lease (the machine disappears at once), then stop the gRPC service.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -170,6 +170,7 @@ fn start_inner<M: UnitManager>(
         new_client,
         retired: Vec::new(),
         held: 0,
+        handled: HashSet::new(),
         cleanup: Cleanup::default(),
         shared: shared.clone(),
         session: status.clone(),
@@ -307,6 +308,10 @@ struct Worker<M> {
     retired: Vec<Tombstone>,
     /// Records not released yet at the last read: read again after every pass.
     held: usize,
+    /// Records (key, mod_revision) already handed to the cleanup or logged since the last
+    /// full re-read: the re-reads between full ones skip them (a failed removal is retried
+    /// at the next full re-read, and nothing is logged twice).
+    handled: HashSet<(String, i64)>,
     cleanup: Cleanup,
     shared: Arc<Shared<M>>,
     session: watch::Receiver<Status>,
@@ -517,6 +522,7 @@ impl<M: UnitManager> Worker<M> {
             .client
             .range_prefix(&keys::retired_prefix(&self.cfg.machine_id))
             .await?;
+        self.handled.clear();
         self.retired = self.tombstones(found);
         tracing::info!(
             units = self.desired.len(),
@@ -538,7 +544,9 @@ impl<M: UnitManager> Worker<M> {
         {
             Ok((found, _)) => {
                 let before = self.held;
-                self.retired = self.tombstones(found);
+                // New ones only: those seen before are still in `retired` or handled.
+                let new = self.tombstones(found);
+                self.retired.extend(new);
                 if self.held < before {
                     tracing::info!(held = self.held, ready = self.retired.len(), "retired data released");
                 }
@@ -555,9 +563,16 @@ impl<M: UnitManager> Worker<M> {
         self.held = 0;
         for kv in kvs {
             let key = String::from_utf8_lossy(&kv.key).into_owned();
+            if !self.handled.insert((key.clone(), kv.mod_revision)) {
+                continue;
+            }
             let raw = key.strip_prefix(&prefix).unwrap_or(&key);
             match serde_json::from_slice::<RetiredRecord>(&kv.value) {
-                Ok(rec) if rec.unit.as_str() == raw && !rec.released => self.held += 1,
+                Ok(rec) if rec.unit.as_str() == raw && !rec.released => {
+                    // Not handled yet: looked at again at every re-read until released.
+                    self.handled.remove(&(key, kv.mod_revision));
+                    self.held += 1;
+                }
                 Ok(rec) if rec.unit.as_str() == raw => out.push(Tombstone {
                     key,
                     mod_revision: kv.mod_revision,

@@ -418,7 +418,13 @@ pub fn plan_ops(snap: &StoreSnapshot, plan: &Plan) -> Vec<pb::RequestOp> {
         let key = keys::retired(machine, &rec.unit);
         if touched.insert(key.clone()) {
             let value = serde_json::to_vec(rec).expect("a retired record serializes");
-            ops.push(txn::put(&key, value));
+            if rec.released {
+                // A release goes only onto the record that was read: one an operator deleted
+                // (or replaced) since must not come back released.
+                ops.push(only_if_unchanged(&key, snap.revision, txn::put(&key, value)));
+            } else {
+                ops.push(txn::put(&key, value));
+            }
         }
     }
     for a in &plan.actions {
@@ -473,6 +479,25 @@ pub fn placements_after(view: &ClusterView, plan: &Plan) -> BTreeMap<String, BTr
     after.placements
 }
 
+/// `op` as a nested Txn that runs only if `key` exists and was not modified after `revision`.
+fn only_if_unchanged(key: &str, revision: i64, op: pb::RequestOp) -> pb::RequestOp {
+    let exists = pb::Compare {
+        result: pb::compare::CompareResult::Greater as i32,
+        ..txn::mod_is(key, 0)
+    };
+    let unchanged = pb::Compare {
+        result: pb::compare::CompareResult::Less as i32,
+        ..txn::mod_is(key, revision + 1)
+    };
+    pb::RequestOp {
+        request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest {
+            compare: vec![exists, unchanged],
+            success: vec![op],
+            failure: vec![],
+        })),
+    }
+}
+
 /// Drain records whose progress changed: `remaining` = units still placed on the machine.
 pub fn drain_progress(
     snap: &StoreSnapshot,
@@ -492,21 +517,7 @@ pub fn drain_progress(
             let value = serde_json::to_vec(&next).expect("a drain record serializes");
             // Only onto the record that was read: the prefix guard cannot see a deletion, and
             // an undrain after the read must not be undone by this write.
-            let exists = pb::Compare {
-                result: pb::compare::CompareResult::Greater as i32,
-                ..txn::mod_is(&key, 0)
-            };
-            let unchanged = pb::Compare {
-                result: pb::compare::CompareResult::Less as i32,
-                ..txn::mod_is(&key, snap.revision + 1)
-            };
-            ops.push(pb::RequestOp {
-                request: Some(pb::request_op::Request::RequestTxn(pb::TxnRequest {
-                    compare: vec![exists, unchanged],
-                    success: vec![txn::put(&key, value)],
-                    failure: vec![],
-                })),
-            });
+            ops.push(only_if_unchanged(&key, snap.revision, txn::put(&key, value)));
         }
     }
     ops
@@ -560,5 +571,37 @@ mod tests {
             (ops[1].0, ops[1].1.as_str()),
             ("delete", "/esfleet/schedule/m1/logs-d@1.service")
         );
+    }
+
+    #[test]
+    fn a_release_lands_only_on_the_record_that_was_read() {
+        let rec = RetiredRecord {
+            unit: UnitName::new("logs-d@1.service").unwrap(),
+            generation: 17,
+            paths: vec!["/var/lib/esfleet/es/logs-d1/17".into()],
+            cluster: "logs".into(),
+            released: true,
+        };
+        let plan = Plan {
+            retired: vec![("m1".into(), rec)],
+            ..Plan::default()
+        };
+        let snap = StoreSnapshot {
+            revision: 40,
+            ..StoreSnapshot::default()
+        };
+        let ops = plan_ops(&snap, &plan);
+        assert_eq!(ops.len(), 1);
+        let Some(pb::request_op::Request::RequestTxn(t)) = &ops[0].request else {
+            panic!("a nested Txn: {ops:?}")
+        };
+        let key = b"/esfleet/retired/m1/logs-d@1.service".to_vec();
+        assert!(t.compare.iter().all(|c| c.key == key) && t.compare.len() == 2, "{t:?}");
+        assert!(t
+            .compare
+            .iter()
+            .any(|c| c.result == pb::compare::CompareResult::Less as i32
+                && c.target_union == Some(pb::compare::TargetUnion::ModRevision(41))));
+        assert_eq!(key_of(&t.success[0]).0, "put");
     }
 }

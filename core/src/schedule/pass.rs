@@ -1197,8 +1197,9 @@ impl<'a> Pass<'a> {
             .collect()
     }
 
-    /// Retired records to release: their cluster is whole again ([`RetiredRecord`]), or
-    /// it is gone (no definition and no unit naming it: nothing left to protect).
+    /// Retired records to release: their cluster is whole again ([`RetiredRecord`]). A
+    /// record whose cluster cannot be judged (no unit of it is known any more) is held, like
+    /// the data of a unit destroyed while its machine was away: an operator decides.
     fn releases(&self) -> Vec<(String, RetiredRecord)> {
         // cluster → (every wanted node placed, active and healthy; healthy data nodes).
         let mut whole: BTreeMap<&str, (bool, u32)> = BTreeMap::new();
@@ -1208,34 +1209,35 @@ impl<'a> Pass<'a> {
             if !unit.wanted {
                 continue;
             }
+            // Healthy per its check; a unit without `HealthCheck=` cannot vouch for the
+            // cluster's shards, only for running.
+            let has_check = unit.rec.options.health_check.is_some();
             let up = self.placed[u].iter().any(|p| {
                 self.state_of(u, p.m)
-                    .is_some_and(|s| s.is_active() && s.generation == p.gen && s.healthy == Some(true))
+                    .is_some_and(|s| s.is_active() && s.generation == p.gen && (!has_check || s.healthy == Some(true)))
             });
             w.0 &= up;
-            w.1 += u32::from(up && node.role == crate::es::Role::Data);
+            w.1 += u32::from(up && has_check && node.role == crate::es::Role::Data);
         }
-        let named = |c: &str| {
-            self.view.es.contains_key(c)
-                || whole.contains_key(c)
-                || self
-                    .view
-                    .units
-                    .values()
-                    .any(|r| r.options.elasticsearch.as_deref() == Some(c))
-        };
         let mut out = Vec::new();
         for (machine, recs) in &self.view.retired {
             for rec in recs.values().filter(|r| !r.released) {
-                let release = match whole.get(rec.cluster.as_str()) {
-                    Some((all, data)) => *all && *data > 0,
-                    None => !named(&rec.cluster),
+                // Records written before they named their cluster: the unit's own option.
+                let cluster = if rec.cluster.is_empty() {
+                    self.view
+                        .units
+                        .get(&rec.unit)
+                        .and_then(|r| r.options.elasticsearch.as_deref())
+                        .unwrap_or_default()
+                } else {
+                    rec.cluster.as_str()
                 };
-                if release {
+                if whole.get(cluster).is_some_and(|(all, data)| *all && *data > 0) {
                     out.push((
                         machine.clone(),
                         RetiredRecord {
                             released: true,
+                            cluster: cluster.to_string(),
                             ..rec.clone()
                         },
                     ));
@@ -1377,10 +1379,13 @@ impl<'a> Pass<'a> {
             matches!(a, Action::Put { .. }) || !puts.contains(&(a.machine().to_string(), a.unit().clone()))
         });
         actions.dedup();
-        let mut retired = self.retired;
-        retired.extend(released);
-        retired.sort();
-        retired.dedup();
+        // One record per key: a placement retired in this pass replaces a release of the
+        // same machine and unit.
+        let mut by_key: BTreeMap<(String, UnitName), RetiredRecord> = BTreeMap::new();
+        for (m, r) in released.into_iter().chain(self.retired) {
+            by_key.insert((m, r.unit.clone()), r);
+        }
+        let retired: Vec<(String, RetiredRecord)> = by_key.into_iter().map(|((m, _), r)| (m, r)).collect();
         Plan {
             actions,
             unplaceable: self.unplaceable,

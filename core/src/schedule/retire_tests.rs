@@ -178,7 +178,7 @@ fn a_tombstone_is_released_only_once_the_cluster_is_whole_again() {
 }
 
 #[test]
-fn a_stopped_cluster_holds_its_tombstones_and_a_deleted_one_releases_them() {
+fn a_stopped_or_deleted_cluster_holds_its_tombstones() {
     let mut sim = placed();
     all_healthy(&mut sim);
     let lost = sim.machine_of("logs-d@1.service");
@@ -195,12 +195,47 @@ fn a_stopped_cluster_holds_its_tombstones_and_a_deleted_one_releases_them() {
     sim.step();
     assert!(sim.step().retired.is_empty());
 
-    // Destroyed, definition and all: nothing is left to protect.
+    // Destroyed, definition and all: still held (as a unit destroyed while its machine was
+    // away keeps its data); an operator deletes the record.
     sim.view.units.retain(|_, r| r.options.elasticsearch.is_none());
     sim.view.es.clear();
+    assert!(sim.step().retired.is_empty());
+}
+
+#[test]
+fn a_record_without_its_cluster_name_is_judged_by_its_units_option() {
+    let mut sim = placed();
+    all_healthy(&mut sim);
+    let lost = sim.machine_of("logs-d@1.service");
+    sim.lose(&lost);
+    sim.step();
+    // As written before records named their cluster.
+    for r in sim.view.retired.get_mut(&lost).unwrap().values_mut() {
+        r.cluster.clear();
+    }
+    assert!(sim.step().retired.is_empty(), "the cluster is not whole yet");
+    all_healthy(&mut sim);
     let plan = sim.step();
     assert!(!plan.retired.is_empty());
-    assert!(plan.retired.iter().all(|(_, r)| r.released), "{:?}", plan.retired);
+    assert!(
+        plan.retired.iter().all(|(_, r)| r.released && r.cluster == "logs"),
+        "{:?}",
+        plan.retired
+    );
+}
+
+#[test]
+fn without_health_checks_nothing_vouches_for_the_shards() {
+    let mut sim = placed();
+    for rec in sim.view.units.values_mut() {
+        rec.options.health_check = None;
+    }
+    all_healthy(&mut sim);
+    let lost = sim.machine_of("logs-d@1.service");
+    sim.lose(&lost);
+    sim.step();
+    all_healthy(&mut sim);
+    assert!(sim.step().retired.is_empty(), "held: running says nothing about green");
 }
 
 #[test]
