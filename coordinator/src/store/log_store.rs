@@ -5,12 +5,12 @@
 //! (group commit), and completes their callbacks in order.
 //!
 //! Purging is logical first: `purge` records the purged point and returns; the entries at
-//! or below it are deleted a few at a time with each later append. sled 0.34 never reclaimed
-//! the space of a large contiguous range removed in one batch: with the whole range deleted
-//! at each purge, a member's `db/` grew by 3-7 MiB a minute under churn while its live data
-//! stayed flat, and a stand-alone reproduction (10,000-entry purges of 1.2 KiB entries)
-//! grew without bound, while the same removals spread over later appends stayed at about
-//! three times the live data (BENCHMARKS.md, "Data dir under churn").
+//! or below it are deleted a few at a time with each later append. Measured on real
+//! members under churn (BENCHMARKS.md, "Data dir under churn"): with the whole purged range
+//! deleted in one batch, `db/` grew by 4-7 MiB a minute while the live keys stayed flat;
+//! with the deletions spread over later appends it stayed flat for an hour. Why sled
+//! reclaims one and not the other is not understood: sled alone (`sled_purge`) reaches the
+//! same plateau both ways.
 
 // openraft's storage traits fix the error type (`StorageError`, ~224 bytes); our helpers
 // return it too rather than convert at every call.
