@@ -108,6 +108,9 @@ impl Cluster for ClusterService {
                 peer_url: url.clone(),
             })
             .await?;
+        // Committed on the leader; a follower answering here may not have applied it yet,
+        // and etcd's answer lists every member after the addition.
+        await_membership(&self.node, |ms| ms.iter().any(|m| m.id == id)).await;
         let member = pb::Member {
             id,
             peer_ur_ls: vec![url],
