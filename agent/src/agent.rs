@@ -10,7 +10,7 @@
 //!
 //! Every full re-read also reads `retired/<machine>/`: data this machine's placements left
 //! when the machine was lost and their units were placed elsewhere. Only records the
-//! scheduler has released (their Elasticsearch cluster is whole again) are acted on; while
+//! scheduler has released (the node is healthy elsewhere again) are acted on; while
 //! any is not, every reconcile pass reads the prefix again. After a reconcile pass, released
 //! records whose unit no longer runs here from that generation are handed to a background
 //! task that removes the data ([`crate::retire`], inside `--data-root` only) and then the

@@ -197,10 +197,9 @@ pub struct DrainRecord {
 /// `retired/<machine>/<unit>`: the data a placement left on a machine that was lost (its
 /// record gone past the loss margin) when the scheduler placed the unit elsewhere. Written
 /// by the scheduler next to the deletion of the schedule entry, not yet `released`. The
-/// scheduler releases it once the node's cluster is whole again (every wanted node placed,
-/// running and healthy, at least one of them a data node: a data node's check passes only
-/// while the cluster is green), so the old directory no longer holds a shard copy the
-/// cluster lacks. Once the machine's agent is back and the record released, it removes
+/// scheduler releases it once the node runs again elsewhere in a newer generation, active
+/// and healthy by its `HealthCheck=` (a data node's check passes only while the cluster is
+/// green), so the old directory no longer holds a shard copy the cluster lacks. Once the machine's agent is back and the record released, it removes
 /// `paths` (only inside its `--data-root`, and only if the unit is not scheduled there with
 /// this `generation`), then deletes the key.
 ///
@@ -219,7 +218,7 @@ pub struct RetiredRecord {
     /// The Elasticsearch cluster the node belongs to.
     #[serde(default)]
     pub cluster: String,
-    /// Set by the scheduler once the cluster is whole again; only then may the data go.
+    /// Set by the scheduler once the node is healthy elsewhere; only then may the data go.
     #[serde(default)]
     pub released: bool,
 }

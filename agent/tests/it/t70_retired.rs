@@ -15,7 +15,7 @@ use esfleet_core::options::Fence;
 
 use crate::fixtures::*;
 
-/// Writes a released record (the scheduler found the cluster whole again).
+/// Writes a released record (the node is healthy elsewhere again).
 async fn tombstone(c: &mut Client, machine: &str, unit: &str, generation: u64, paths: &[&Path]) -> String {
     tombstone_as(c, machine, unit, generation, paths, true).await
 }
@@ -94,7 +94,7 @@ async fn a_returning_machine_removes_its_retired_data_once_the_unit_is_gone() {
     })
     .await;
     unschedule(&mut c, &id, "logs-d@1.service").await;
-    // Not released yet: the node's cluster is not whole again.
+    // Not released yet: the node is not healthy elsewhere yet.
     let key = tombstone_as(&mut c, &id, "logs-d@1.service", 5, &[&old], false).await;
     let theirs_dir = data_dir(&root.join("es/logs-d2/6"));
     let theirs = tombstone(&mut c, &other, "logs-d@2.service", 6, &[&theirs_dir]).await;

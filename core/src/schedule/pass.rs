@@ -1197,47 +1197,37 @@ impl<'a> Pass<'a> {
             .collect()
     }
 
-    /// Retired records to release: their cluster is whole again ([`RetiredRecord`]). A
-    /// record whose cluster cannot be judged (no unit of it is known any more) is held, like
-    /// the data of a unit destroyed while its machine was away: an operator decides.
+    /// Retired records to release: the node runs again elsewhere, in a newer generation,
+    /// active and healthy by its `HealthCheck=` ([`RetiredRecord`]). That report was made
+    /// after the loss, and a data node's check passes only while the cluster is green, so
+    /// every shard has its copies without the old directory. A node without a check, or no
+    /// longer wanted (unloaded, destroyed), cannot vouch for that: its record is held, like
+    /// the data of a unit unloaded while its machine was away; an operator decides.
     fn releases(&self) -> Vec<(String, RetiredRecord)> {
-        // cluster → (every wanted node placed, active and healthy; healthy data nodes).
-        let mut whole: BTreeMap<&str, (bool, u32)> = BTreeMap::new();
-        for (u, unit) in self.units.iter().enumerate() {
-            let Some((rec, node)) = &unit.es else { continue };
-            let w = whole.entry(rec.spec.name.as_str()).or_insert((true, 0));
-            if !unit.wanted {
-                continue;
-            }
-            // Healthy per its check; a unit without `HealthCheck=` cannot vouch for the
-            // cluster's shards, only for running.
-            let has_check = unit.rec.options.health_check.is_some();
-            let up = self.placed[u].iter().any(|p| {
-                self.state_of(u, p.m)
-                    .is_some_and(|s| s.is_active() && s.generation == p.gen && (!has_check || s.healthy == Some(true)))
-            });
-            w.0 &= up;
-            w.1 += u32::from(up && has_check && node.role == crate::es::Role::Data);
-        }
         let mut out = Vec::new();
         for (machine, recs) in &self.view.retired {
             for rec in recs.values().filter(|r| !r.released) {
-                // Records written before they named their cluster: the unit's own option.
-                let cluster = if rec.cluster.is_empty() {
-                    self.view
-                        .units
-                        .get(&rec.unit)
-                        .and_then(|r| r.options.elasticsearch.as_deref())
-                        .unwrap_or_default()
-                } else {
-                    rec.cluster.as_str()
+                let Some(&u) = self.uid.get(rec.unit.as_str()) else {
+                    continue;
                 };
-                if whole.get(cluster).is_some_and(|(all, data)| *all && *data > 0) {
+                let unit = &self.units[u];
+                let Some((es, _)) = unit.es.as_ref() else { continue };
+                if !unit.wanted || unit.rec.options.health_check.is_none() {
+                    continue;
+                }
+                let vouched = self.placed[u].iter().any(|p| {
+                    self.machines[p.m].id != machine.as_str()
+                        && p.gen > rec.generation
+                        && self
+                            .state_of(u, p.m)
+                            .is_some_and(|s| s.is_active() && s.generation == p.gen && s.healthy == Some(true))
+                });
+                if vouched {
                     out.push((
                         machine.clone(),
                         RetiredRecord {
                             released: true,
-                            cluster: cluster.to_string(),
+                            cluster: es.spec.name.clone(),
                             ..rec.clone()
                         },
                     ));

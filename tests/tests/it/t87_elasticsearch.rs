@@ -455,7 +455,7 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
 
     // 5. A data node's host is cut off past its lease: the node is fenced there and
     //    recreated elsewhere, and the scheduler leaves a tombstone for its old data dir,
-    //    released once the cluster is whole again. When the host comes back, its agent
+    //    released once the node is healthy elsewhere. When the host comes back, its agent
     //    removes that dir and the tombstone.
     let at = c
         .wait_units_running(&["logs-d@1.service", "logs-d@2.service", "logs-d@3.service"], PATIENCE)
@@ -499,8 +499,8 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     .unwrap();
     println!("{unit} cut off on {host} → active on {moved}");
     es.wait_green("green with the node recreated");
-    // Written held; released by the scheduler once every node is back and healthy (a data
-    // node's check means green), before the host returns.
+    // Written held; released by the scheduler once the node is healthy again elsewhere (a
+    // data node's check means green), before the host returns.
     wait_for("the tombstone released", PATIENCE, Duration::from_millis(300), || {
         let out = c.etcdctl(&["get", &tombstone, "--print-value-only"])?;
         Ok(out.stdout.contains("\"released\":true").then_some(()))
