@@ -319,6 +319,12 @@ mod tests {
             .collect()
     }
 
+    fn empty() -> (Arc<dyn Backend>, LogStore) {
+        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
+        let log = LogStore::new(backend.clone()).unwrap();
+        (backend, log)
+    }
+
     fn stored(b: &Arc<dyn Backend>) -> Vec<u64> {
         keys_in(b.as_ref(), &[keys::LOG], &keys::space_end(keys::LOG))
             .unwrap()
@@ -329,8 +335,7 @@ mod tests {
 
     #[tokio::test]
     async fn purged_entries_are_gone_to_readers_at_once_and_deleted_with_later_appends() {
-        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let mut log = LogStore::new(backend.clone()).unwrap();
+        let (backend, mut log) = empty();
         log.write_entries(entries(1, 101)).unwrap();
         log.purge(LogId::new(CommittedLeaderId::new(1, 1), 90)).await.unwrap();
 
@@ -375,8 +380,7 @@ mod tests {
     #[tokio::test]
     async fn deletion_skips_a_gap_below_the_purge_point() {
         // After a snapshot install the purge point can jump far past the stored entries.
-        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let mut log = LogStore::new(backend.clone()).unwrap();
+        let (backend, mut log) = empty();
         log.write_entries(entries(1, 4)).unwrap();
         log.purge(LogId::new(CommittedLeaderId::new(2, 1), 1_000_000))
             .await
@@ -388,8 +392,7 @@ mod tests {
 
     #[tokio::test]
     async fn truncate_removes_the_tail() {
-        let backend: Arc<dyn Backend> = Arc::new(MemBackend::default());
-        let mut log = LogStore::new(backend.clone()).unwrap();
+        let (backend, mut log) = empty();
         log.write_entries(entries(1, 11)).unwrap();
         log.truncate(LogId::new(CommittedLeaderId::new(1, 1), 6)).await.unwrap();
         assert_eq!(stored(&backend), (1..6).collect::<Vec<_>>());

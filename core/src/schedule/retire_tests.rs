@@ -115,13 +115,20 @@ fn stored(sim: &Sim, machine: &str) -> Vec<RetiredRecord> {
         .unwrap_or_default()
 }
 
-#[test]
-fn a_tombstone_is_released_only_once_its_node_is_healthy_elsewhere() {
+/// Everything placed and healthy, then the machine of `logs-d@1` lost: its tombstones
+/// written (not released).
+fn lost_with_tombstones() -> (Sim, String) {
     let mut sim = placed();
     all_healthy(&mut sim);
     let lost = sim.machine_of("logs-d@1.service");
     sim.lose(&lost);
     sim.step();
+    (sim, lost)
+}
+
+#[test]
+fn a_tombstone_is_released_only_once_its_node_is_healthy_elsewhere() {
+    let (mut sim, lost) = lost_with_tombstones();
     assert!(!stored(&sim, &lost).is_empty());
     assert!(stored(&sim, &lost).iter().all(|r| !r.released));
 
@@ -167,11 +174,7 @@ fn a_tombstone_is_released_only_once_its_node_is_healthy_elsewhere() {
 
 #[test]
 fn a_stopped_or_deleted_cluster_holds_its_tombstones() {
-    let mut sim = placed();
-    all_healthy(&mut sim);
-    let lost = sim.machine_of("logs-d@1.service");
-    sim.lose(&lost);
-    sim.step();
+    let (mut sim, lost) = lost_with_tombstones();
     assert!(!stored(&sim, &lost).is_empty());
 
     // Every node unloaded: no healthy data node vouches for the shards; the data stays.
@@ -192,11 +195,7 @@ fn a_stopped_or_deleted_cluster_holds_its_tombstones() {
 
 #[test]
 fn a_record_without_its_cluster_name_is_judged_by_its_units_option() {
-    let mut sim = placed();
-    all_healthy(&mut sim);
-    let lost = sim.machine_of("logs-d@1.service");
-    sim.lose(&lost);
-    sim.step();
+    let (mut sim, lost) = lost_with_tombstones();
     // As written before records named their cluster.
     for r in sim.view.retired.get_mut(&lost).unwrap().values_mut() {
         r.cluster.clear();
