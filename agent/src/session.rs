@@ -13,8 +13,10 @@
 //! The fence clock is the time of the last acknowledgment: a keepalive answered with a
 //! TTL, a grant, or a member's answer that there is no leader (no leader can expire a
 //! lease, and a new one extends every lease by its TTL). It counts from when the
-//! acknowledged request was *sent*, so the lease cannot expire before we fence. Time is
-//! tokio's, so tests pause and advance it.
+//! acknowledged request was *sent*, so the lease cannot expire before we fence. "No
+//! leader" answers count for at most the outage grace after the last real
+//! acknowledgment ([`esfleet_core::lease`]): the member saying it may be a minority cut off
+//! with this host. Time is tokio's, so tests pause and advance it.
 //!
 //! Losing the lease (a keepalive answered with TTL 0) stops nothing: the agent registers
 //! again on a new lease. Only the fence clock stops units.
@@ -22,6 +24,7 @@
 use std::future::Future;
 use std::time::Duration;
 
+use esfleet_core::lease::outage_grace;
 use tokio::sync::watch;
 use tokio::time::{sleep_until, Instant};
 
@@ -110,8 +113,12 @@ pub struct Session<L, F> {
     timing: Timing,
     key: String,
     record: String,
-    /// When the last acknowledged request was sent.
+    /// When the last request was sent that was acknowledged, or answered "there is no
+    /// leader" (which also moves the fence clock, DESIGN.md decision 5).
     last_ack: Instant,
+    /// When the last request was sent that a leader acknowledged: "no leader" answers keep
+    /// units up for at most the outage grace after it ([`esfleet_core::lease`]).
+    last_real_ack: Instant,
     next_keepalive: Instant,
     /// Failed requests in a row (only the first of a streak is logged as a warning).
     failures: u32,
@@ -139,6 +146,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 key,
                 record,
                 last_ack: now,
+                last_real_ack: now,
                 next_keepalive: now,
                 failures: 0,
                 status,
@@ -194,21 +202,44 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         }
     }
 
-    /// When Fence=stop units must be stopped unless an acknowledgment comes first.
+    /// When Fence=stop units must be stopped unless an acknowledgment comes first: the
+    /// lease TTL less the margin after the last acknowledgement or "no leader" answer, and
+    /// never later than the outage grace less the margin after the last acknowledgement (a
+    /// member in a minority says "no leader" too, and a leader that may have been out of
+    /// touch with it waits that grace before expiring the lease).
     pub fn fence_at(&self) -> Instant {
-        self.last_ack + self.timing.fence_after()
+        let grace = outage_grace(self.timing.lease_ttl).saturating_sub(self.timing.fence_margin);
+        (self.last_ack + self.timing.fence_after()).min(self.last_real_ack + grace)
+    }
+
+    /// A leader acknowledged a request sent at `sent`.
+    fn acked(&mut self, sent: Instant) {
+        self.last_ack = sent;
+        self.last_real_ack = sent;
     }
 
     /// Advances the loop by one step: one request (or one wait), and the next phase.
     pub async fn step(&mut self, phase: Phase) -> Phase {
         if !matches!(phase, Phase::Fenced { .. }) && Instant::now() >= self.fence_at() {
-            let why = format!(
-                "no acknowledged keepalive and no member's word that there is no leader for {:?} \
-                 (lease TTL {:?} − fence margin {:?}); the lease may expire and the units be started elsewhere",
-                Instant::now() - self.last_ack,
-                self.timing.lease_ttl,
-                self.timing.fence_margin
-            );
+            let now = Instant::now();
+            let why = if now >= self.last_ack + self.timing.fence_after() {
+                format!(
+                    "no acknowledged keepalive and no member's word that there is no leader for {:?} \
+                     (lease TTL {:?} − fence margin {:?}); the lease may expire and the units be started elsewhere",
+                    now - self.last_ack,
+                    self.timing.lease_ttl,
+                    self.timing.fence_margin
+                )
+            } else {
+                format!(
+                    "only \"no leader\" answers for {:?} since the last acknowledged keepalive (outage grace \
+                     {:?} − fence margin {:?}); the member saying so may be cut off in a minority while the \
+                     majority expires the lease and starts the units elsewhere",
+                    now - self.last_real_ack,
+                    outage_grace(self.timing.lease_ttl),
+                    self.timing.fence_margin
+                )
+            };
             self.status.send_modify(|s| s.fenced = true);
             self.fencer.fence(&why).await;
             return Phase::Fenced { lease: phase.lease() };
@@ -223,7 +254,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 self.next_keepalive = sent + self.timing.keepalive;
                 match self.api.keep_alive(lease).await {
                     Ok(ttl) if ttl > 0 => {
-                        self.last_ack = sent;
+                        self.acked(sent);
                         tracing::info!(
                             lease = format!("{lease:x}"),
                             "the cluster answers again; the lease survived"
@@ -265,7 +296,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 .unwrap_or(Ok(0))
             {
                 Ok(ttl) if ttl > 0 => {
-                    self.last_ack = sent;
+                    self.acked(sent);
                     self.next_keepalive = sent + self.timing.keepalive;
                     tracing::info!(
                         lease = format!("{lease:x}"),
@@ -285,7 +316,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         };
         match answer {
             Ok((lease, ttl)) => {
-                self.last_ack = sent;
+                self.acked(sent);
                 self.failures = 0;
                 self.next_keepalive = sent + self.timing.keepalive;
                 tracing::info!(lease = format!("{lease:x}"), ttl, "lease granted");
@@ -293,7 +324,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
             Err(e) => {
                 if e.is_no_leader() && !matches!(phase, Phase::Fenced { .. }) {
-                    self.last_ack = sent;
+                    self.last_ack = sent; // "no leader": bounded by the outage grace (fence_at)
                 }
                 self.failures += 1;
                 if self.failures == 1 {
@@ -378,7 +409,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         };
         match answer {
             Ok(ttl) if ttl > 0 => {
-                self.last_ack = sent;
+                self.acked(sent);
                 self.next_keepalive = sent + self.timing.keepalive;
                 self.failures = 0;
                 if matches!(phase, Phase::Suspect { .. }) {
@@ -396,7 +427,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
             Err(e) if e.is_no_leader() => {
                 // No leader can expire the lease, and the next one extends it by its TTL.
-                self.last_ack = sent;
+                self.last_ack = sent; // "no leader": bounded by the outage grace (fence_at)
                 self.next_keepalive = sent + self.timing.keepalive;
                 tracing::info!(error = %e, "no leader; units keep running");
                 stay(false)
@@ -620,7 +651,23 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn no_leader_answers_never_fence() {
+    async fn no_leader_answers_keep_units_up_within_the_outage_grace() {
+        let script = Script::default();
+        script.answers.lock().unwrap().extend([
+            (Duration::from_secs(3), Answer::NoLeader),
+            (Duration::from_secs(25), Answer::Ack),
+        ]);
+        script.now();
+        let fences = Log::default();
+        let (mut s, _status) = session(&script, &fences);
+        let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_secs(30)).await;
+        assert!(fences.0.lock().unwrap().is_empty());
+        assert!(seen.contains(&Phase::Suspect { lease: 1 }));
+        assert_eq!(phase, Phase::Registered { lease: 1 });
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_leader_answers_fence_once_the_outage_grace_is_spent() {
         let script = Script::default();
         script.answers.lock().unwrap().extend([
             (Duration::from_secs(3), Answer::NoLeader),
@@ -628,11 +675,21 @@ mod tests {
         ]);
         script.now();
         let fences = Log::default();
-        let (mut s, _status) = session(&script, &fences);
-        let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_secs(62)).await;
-        assert!(fences.0.lock().unwrap().is_empty());
-        assert!(seen.contains(&Phase::Suspect { lease: 1 }));
-        assert_eq!(phase, Phase::Registered { lease: 1 });
+        let (mut s, status) = session(&script, &fences);
+        let t0 = Instant::now();
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(40)).await;
+        assert_eq!(phase, Phase::Fenced { lease: Some(1) });
+        // The last acknowledged keepalive was sent at 2 s; the grace is 6 TTLs (30 s) less
+        // the 1 s margin.
+        assert_eq!(fences.0.lock().unwrap()[..], [t0 + Duration::from_secs(2 + 29)]);
+        assert!(status.borrow().fenced);
+        let (phase, _) = drive(&mut s, phase, Duration::from_secs(25)).await;
+        assert_eq!(
+            phase,
+            Phase::Registered { lease: 1 },
+            "the old lease is kept alive again"
+        );
+        assert_eq!(fences.0.lock().unwrap().len(), 1);
     }
 
     #[tokio::test(start_paused = true)]

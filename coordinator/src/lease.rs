@@ -3,11 +3,19 @@
 //! through the log (so its keys' deletion is replicated and watchers see DELETE events).
 //! A new leader gives every lease a full TTL from the moment it takes over, since it
 //! cannot know when the old leader last renewed them.
+//!
+//! A member that has no leader tells agents so, and an agent keeps its units on that
+//! answer (an election stops nothing), for at most [`outage_grace`]. The member saying it
+//! may be a minority cut off from this leader, though, with hosts cut off alongside it. So
+//! while any member has not confirmed this leader (answered a heartbeat) within half an
+//! election timeout, and for a TTL after, a lease expires only once that grace has passed
+//! since its last renewal: its agent has fenced by then. See [`esfleet_core::lease`].
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use esfleet_core::lease::outage_grace;
 use esfleet_proto::etcdserverpb as pb;
 use esfleet_proto::raft::{internal_request, InternalRequest};
 use tokio::time::Instant;
@@ -19,14 +27,34 @@ use crate::store::state_machine::LeaseObserver;
 /// Longest TTL etcd accepts.
 pub const MAX_TTL: i64 = 9_000_000_000;
 
-#[derive(Default)]
 struct Inner {
     ttl: HashMap<i64, i64>,
-    deadline: HashMap<i64, Instant>,
+    /// When each lease was last renewed (granted, kept alive, or taken over).
+    renewed: HashMap<i64, Instant>,
+    /// The last moment a member might have been telling agents "there is no leader": now,
+    /// while one has not confirmed this leader; the takeover, at first.
+    last_doubt: Instant,
     /// The term in which this member last took over as leader.
     leading_term: Option<u64>,
     /// Revocations proposed and not yet applied, with when to try again.
     revoking: HashMap<i64, Instant>,
+}
+
+impl Inner {
+    /// When lease `id` expires: a TTL after its renewal, unless a member may have been
+    /// saying "no leader" within a TTL; then no earlier than the outage grace after its
+    /// renewal.
+    fn expires_at(&self, id: i64) -> Option<Instant> {
+        let ttl = secs(*self.ttl.get(&id)?);
+        let renewed = *self.renewed.get(&id)?;
+        Some((renewed + ttl).max((self.last_doubt + ttl).min(renewed + outage_grace(ttl))))
+    }
+
+    fn renew_all(&mut self, now: Instant) {
+        self.renewed = self.ttl.keys().map(|id| (*id, now)).collect();
+        self.last_doubt = now;
+        self.revoking.clear();
+    }
 }
 
 pub struct LeaseKeeper {
@@ -40,22 +68,20 @@ impl LeaseObserver for LeaseKeeper {
     fn granted(&self, id: i64, ttl: i64) {
         let mut i = self.inner.lock().expect("poisoned");
         i.ttl.insert(id, ttl);
-        i.deadline.insert(id, Instant::now() + secs(ttl));
+        i.renewed.insert(id, Instant::now());
     }
 
     fn revoked(&self, id: i64) {
         let mut i = self.inner.lock().expect("poisoned");
         i.ttl.remove(&id);
-        i.deadline.remove(&id);
+        i.renewed.remove(&id);
         i.revoking.remove(&id);
     }
 
     fn reset(&self, leases: Vec<(i64, i64)>) {
         let mut i = self.inner.lock().expect("poisoned");
-        let now = Instant::now();
-        i.ttl = leases.iter().copied().collect();
-        i.deadline = leases.iter().map(|(id, ttl)| (*id, now + secs(*ttl))).collect();
-        i.revoking.clear();
+        i.ttl = leases.into_iter().collect();
+        i.renew_all(Instant::now());
     }
 }
 
@@ -67,7 +93,13 @@ impl LeaseKeeper {
     pub fn new(election_timeout: Duration, leases: Vec<(i64, i64)>) -> Self {
         let min_ttl = ((election_timeout.as_millis() as i64 * 3 / 2) + 999) / 1000;
         let k = Self {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                ttl: HashMap::new(),
+                renewed: HashMap::new(),
+                last_doubt: Instant::now(),
+                leading_term: None,
+                revoking: HashMap::new(),
+            }),
             min_ttl: min_ttl.max(1),
         };
         k.reset(leases);
@@ -94,7 +126,7 @@ impl LeaseKeeper {
         if i.revoking.contains_key(&id) {
             return Ok(0); // already expired; the revocation is on its way
         }
-        i.deadline.insert(id, Instant::now() + secs(ttl));
+        i.renewed.insert(id, Instant::now());
         Ok(ttl)
     }
 
@@ -102,29 +134,38 @@ impl LeaseKeeper {
     pub async fn keep_alive(&self, node: &Node, id: i64) -> Result<i64, Status> {
         match node.leader() {
             Some((leader, _)) if leader == node.id => self.keep_alive_local(node, id),
+            // A leader this member has not heard from for an election timeout: say so.
+            // Sound for the leader's expiry: the leader has not had this member's answer
+            // for as long, so it doubts it (see `tick`) and waits the outage grace.
+            Some((leader, _)) if !node.hears_from(leader) => Err(no_leader()),
             Some((_, url)) => {
+                // Half an election timeout (500 ms by default): a leader answers a
+                // keepalive from memory in milliseconds, and the agent that asked gives its
+                // keepalive one interval (1 s by default) before it moves on. Waiting a whole
+                // election timeout here raced that, and the agent lost its turn to try the
+                // next member while the leader it knew of was dead.
+                let patience = node.election_timeout / 2;
                 let mut req = tonic::Request::new(pb::LeaseKeepAliveRequest { id });
-                req.set_timeout(node.election_timeout);
-                // Bounded here: `set_timeout` is only a header the callee may honour, and an
-                // agent decides between "outage" and "cut off" on this answer's timeliness.
+                req.set_timeout(patience);
+                // Bounded here: `set_timeout` is only a header the callee may honour.
                 let answer = match node.peers.get(&url) {
-                    Ok(mut client) => {
-                        match tokio::time::timeout(node.election_timeout, client.lease_keep_alive(req)).await {
-                            Ok(r) => r.map(|r| r.into_inner().ttl),
-                            Err(_) => Err(Status::deadline_exceeded("the leader did not answer in time")),
-                        }
-                    }
+                    Ok(mut client) => match tokio::time::timeout(patience, client.lease_keep_alive(req)).await {
+                        Ok(r) => r.map(|r| r.into_inner().ttl),
+                        Err(_) => Err(Status::deadline_exceeded("the leader did not answer in time")),
+                    },
                     Err(e) => Err(e),
                 };
-                // A leader this member cannot reach is, for the lease's purposes, no leader:
-                // it cannot hear keepalives from here either, and if it is really gone (a
-                // majority down) no lease can expire anywhere. Agents rely on this answer to
-                // tell a control-plane outage (keep units) from being cut off (fence), as
-                // DESIGN.md decision 5 describes.
+                // Not "no leader": this member still follows a leader that may be alive and
+                // expiring leases (slow, or cut off from here only), and agents keep their
+                // units on "no leader". The agent tries another member instead; once this
+                // member has not heard from its leader for an election timeout, it says
+                // "no leader" (above).
                 answer.map_err(|e| match e.code() {
-                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled => {
+                    Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+                        if !e.message().contains("no leader") =>
+                    {
                         Status::unavailable(format!(
-                            "etcdserver: no leader (the last known leader, {url}, cannot be reached: {})",
+                            "the leader this member follows, {url}, cannot be reached from here: {}",
                             e.message()
                         ))
                     }
@@ -146,7 +187,7 @@ impl LeaseKeeper {
         }
         let (ttl, granted) = {
             let i = self.inner.lock().expect("poisoned");
-            match (i.ttl.get(&id), i.deadline.get(&id)) {
+            match (i.ttl.get(&id), i.expires_at(id)) {
                 (Some(granted), Some(deadline)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
                     (left.as_secs() as i64 + i64::from(left.subsec_nanos() > 0), *granted)
@@ -191,26 +232,28 @@ impl LeaseKeeper {
         }
     }
 
-    /// What the leader must do now: refresh every deadline when it has just taken over,
-    /// and list the leases whose deadline passed.
-    fn tick(&self, leading_term: Option<u64>) -> Vec<i64> {
+    /// What the leader must do now: renew every lease when it has just taken over, note
+    /// whether a member may be saying "no leader" (`in_doubt`), and list the leases that
+    /// expired.
+    fn tick(&self, leading_term: Option<u64>, in_doubt: bool) -> Vec<i64> {
         let mut i = self.inner.lock().expect("poisoned");
         let now = Instant::now();
         if leading_term.is_none() || i.leading_term != leading_term {
             // Lost or (re)gained leadership: whoever leads next starts every lease afresh.
             i.leading_term = leading_term;
-            let ttls: Vec<(i64, i64)> = i.ttl.iter().map(|(k, v)| (*k, *v)).collect();
-            for (id, ttl) in ttls {
-                i.deadline.insert(id, now + secs(ttl));
-            }
-            i.revoking.clear();
+            i.renew_all(now);
             return Vec::new();
         }
+        if in_doubt {
+            i.last_doubt = now;
+        }
         let expired: Vec<i64> = i
-            .deadline
-            .iter()
-            .filter(|(id, d)| **d <= now && i.revoking.get(id).is_none_or(|retry| *retry <= now))
-            .map(|(id, _)| *id)
+            .ttl
+            .keys()
+            .filter(|id| {
+                i.expires_at(**id).is_some_and(|d| d <= now) && i.revoking.get(id).is_none_or(|retry| *retry <= now)
+            })
+            .copied()
             .collect();
         for id in &expired {
             i.revoking.insert(*id, now + Duration::from_secs(2));
@@ -221,18 +264,55 @@ impl LeaseKeeper {
     /// The leader's expiry loop; runs on every member, acts only while leading.
     pub async fn run(self: Arc<Self>, node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
+        let mut doubted: Vec<u64> = Vec::new();
+        let mut leading_since: Option<(u64, Instant)> = None;
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            let leading = {
+            let (leading, unconfirmed) = {
                 let m = node.raft.metrics();
                 let m = m.borrow();
-                (m.state == openraft::ServerState::Leader).then_some(m.current_term)
+                let leading = (m.state == openraft::ServerState::Leader).then_some(m.current_term);
+                let others = m
+                    .membership_config
+                    .membership()
+                    .nodes()
+                    .map(|(id, _)| *id)
+                    .filter(|id| *id != node.id);
+                let since = Instant::now() - node.election_timeout / 2;
+                let unconfirmed = match leading {
+                    Some(_) => node.peers.contacts.unconfirmed(others, m.vote.leader_id(), since),
+                    None => Vec::new(),
+                };
+                (leading, unconfirmed)
             };
-            for id in self.tick(leading) {
+            // Right after a takeover no member has answered yet; say nothing about that.
+            match (leading, leading_since) {
+                (Some(term), Some((t, _))) if t == term => {}
+                (Some(term), _) => leading_since = Some((term, Instant::now())),
+                (None, _) => leading_since = None,
+            }
+            let settled = leading_since.is_some_and(|(_, at)| at.elapsed() > node.election_timeout);
+            if settled && unconfirmed != doubted {
+                if unconfirmed.is_empty() {
+                    tracing::info!(
+                        "every member follows this leader again; leases expire a TTL after their last renewal"
+                    );
+                } else {
+                    tracing::warn!(
+                        members = ?unconfirmed.iter().map(|id| format!("{id:x}")).collect::<Vec<_>>(),
+                        "these members have not confirmed this leader; one cut off in a minority may be telling \
+                         its hosts there is no leader, so leases now expire only after the outage grace \
+                         ({} TTLs) since their last renewal",
+                        esfleet_core::lease::OUTAGE_GRACE_TTLS
+                    );
+                }
+                doubted = unconfirmed.clone();
+            }
+            for id in self.tick(leading, !unconfirmed.is_empty()) {
                 let node = node.clone();
                 tokio::spawn(async move {
                     let req = InternalRequest {
@@ -260,28 +340,81 @@ mod tests {
         let k = LeaseKeeper::new(Duration::from_secs(1), vec![(7, 5)]);
         assert_eq!(k.min_ttl, 2);
         assert_eq!(
-            k.tick(Some(3)),
+            k.tick(Some(3), false),
             Vec::<i64>::new(),
             "taking over refreshes, expires nothing"
         );
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(k.tick(Some(3)).is_empty());
+        assert!(k.tick(Some(3), false).is_empty());
         tokio::time::advance(Duration::from_millis(1001)).await;
-        assert_eq!(k.tick(Some(3)), vec![7], "deadline passed");
+        assert_eq!(k.tick(Some(3), false), vec![7], "deadline passed");
         assert!(
-            k.tick(Some(3)).is_empty(),
+            k.tick(Some(3), false).is_empty(),
             "not proposed twice while the revoke is in flight"
         );
         tokio::time::advance(Duration::from_secs(3)).await;
-        assert_eq!(k.tick(Some(3)), vec![7], "retried when the revoke did not land");
+        assert_eq!(k.tick(Some(3), false), vec![7], "retried when the revoke did not land");
 
         // A new term: the new leader gives every lease a full TTL again.
-        assert!(k.tick(Some(4)).is_empty());
+        assert!(k.tick(Some(4), false).is_empty());
         tokio::time::advance(Duration::from_secs(4)).await;
-        assert!(k.tick(Some(4)).is_empty());
+        assert!(k.tick(Some(4), false).is_empty());
         k.revoked(7);
         tokio::time::advance(Duration::from_secs(10)).await;
-        assert!(k.tick(Some(4)).is_empty(), "revoked leases are forgotten");
+        assert!(k.tick(Some(4), false).is_empty(), "revoked leases are forgotten");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn while_a_member_is_in_doubt_leases_last_the_outage_grace() {
+        let k = LeaseKeeper::new(Duration::from_secs(1), vec![(7, 5), (8, 5)]);
+        assert!(k.tick(Some(3), false).is_empty(), "taking over");
+        // A member stops answering at 1 s (it may be telling its hosts "no leader").
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(k.tick(Some(3), true).is_empty());
+        let renew = |k: &LeaseKeeper, id: i64| k.inner.lock().unwrap().renewed.insert(id, Instant::now());
+        // Lease 8 is kept alive at 2 s, then its agent goes quiet too.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        renew(&k, 8);
+        // Past both TTLs, still in doubt: nothing expires, and the expiry shown stays a TTL
+        // ahead.
+        tokio::time::advance(Duration::from_secs(8)).await;
+        assert!(k.tick(Some(3), true).is_empty());
+        assert_eq!(
+            k.inner.lock().unwrap().expires_at(8),
+            Some(Instant::now() + Duration::from_secs(5))
+        );
+        // The grace (6 × 5 s) since each renewal: lease 7 (renewed at the takeover, 0 s)
+        // goes at 30 s, lease 8 at 32 s.
+        tokio::time::advance(Duration::from_secs(19)).await; // 29 s
+        assert!(k.tick(Some(3), true).is_empty());
+        tokio::time::advance(Duration::from_secs(1)).await; // 30 s
+        assert_eq!(k.tick(Some(3), true), vec![7]);
+        k.revoked(7);
+        // The member answers again at 31 s: lease 8 still waits a TTL from then (36 s)
+        // or its grace (32 s), whichever is first.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(k.tick(Some(3), false).is_empty());
+        tokio::time::advance(Duration::from_millis(999)).await;
+        assert!(k.tick(Some(3), false).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(k.tick(Some(3), false), vec![8]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn doubt_that_ended_holds_expiry_for_one_ttl_more() {
+        let k = LeaseKeeper::new(Duration::from_secs(1), vec![(7, 5)]);
+        assert!(k.tick(Some(3), false).is_empty());
+        tokio::time::advance(Duration::from_secs(3)).await;
+        assert!(k.tick(Some(3), true).is_empty(), "a member in doubt at 3 s, briefly");
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert!(k.tick(Some(3), false).is_empty());
+        // Not at the TTL (5 s): an agent may have heard "no leader" at 3 s.
+        tokio::time::advance(Duration::from_millis(1900)).await;
+        assert!(k.tick(Some(3), false).is_empty());
+        tokio::time::advance(Duration::from_millis(2999)).await;
+        assert!(k.tick(Some(3), false).is_empty());
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(k.tick(Some(3), false), vec![7], "a TTL after the doubt ended");
     }
 
     #[test]

@@ -42,6 +42,8 @@ pub struct Node {
     pub request_timeout: Duration,
     pub election_timeout: Duration,
     lease_ids: AtomicI64,
+    /// The leader whose AppendEntries or snapshot this member last accepted, and when.
+    heard: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
 }
 
 /// The error etcd clients recognise when no leader is known.
@@ -98,7 +100,24 @@ impl Node {
             request_timeout,
             election_timeout,
             lease_ids: AtomicI64::new(lease_seed.max(1)),
+            heard: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Notes that this member just accepted a message from `leader`.
+    pub fn heard_from_leader(&self, leader: u64) {
+        *self.heard.lock().expect("poisoned") = Some((leader, tokio::time::Instant::now()));
+    }
+
+    /// Whether this member accepted a message from `leader` within an election timeout.
+    /// openraft's follower waits a leader lease on top of its election timeout before it
+    /// stands for election (2.5–3 s by default), so for that long it still names a leader
+    /// that has gone silent.
+    pub fn hears_from(&self, leader: u64) -> bool {
+        self.heard
+            .lock()
+            .expect("poisoned")
+            .is_some_and(|(l, at)| l == leader && at.elapsed() <= self.election_timeout)
     }
 
     pub fn adopt_cluster_id(&self, id: u64) {

@@ -18,8 +18,10 @@ use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
     VoteResponse,
 };
+use openraft::LeaderId;
 use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
+use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 
@@ -29,10 +31,47 @@ use crate::types::{PeerNode, TypeConfig};
 /// Largest message between peers (Raft batches, snapshot chunks).
 pub const MAX_PEER_MESSAGE: usize = 64 * 1024 * 1024;
 
-/// Tonic clients to the other members, one lazily connected channel each, by peer URL.
+/// Tonic clients to the other members, one lazily connected channel each, by peer URL;
+/// and what their answers to this member's Raft messages showed.
 #[derive(Default, Clone)]
 pub struct PeerClients {
     cache: Arc<Mutex<HashMap<String, RaftPeerClient<Channel>>>>,
+    pub contacts: Contacts,
+}
+
+/// When each other member last accepted this member's leadership: the send time of the
+/// last AppendEntries (heartbeats included) or snapshot it answered without a higher vote,
+/// with the leader id (term and member) that message carried. A member that accepted our
+/// leadership names us as its leader, so it cannot be telling agents "there is no leader";
+/// the lease keeper uses this to know when one might be ([`crate::lease`]).
+#[derive(Default, Clone)]
+pub struct Contacts(Arc<Mutex<HashMap<u64, Contact>>>);
+
+/// The leader a member accepted, and when the message it accepted was sent.
+type Contact = (LeaderId<u64>, Instant);
+
+impl Contacts {
+    fn record(&self, target: u64, leader: LeaderId<u64>, sent: Instant) {
+        let mut m = self.0.lock().expect("poisoned");
+        let e = m.entry(target).or_insert((leader, sent));
+        if e.0 != leader || e.1 < sent {
+            *e = (leader, sent);
+        }
+    }
+
+    /// Those of `members` that have not accepted `leader` since `since`.
+    pub fn unconfirmed(
+        &self,
+        members: impl IntoIterator<Item = u64>,
+        leader: &LeaderId<u64>,
+        since: Instant,
+    ) -> Vec<u64> {
+        let m = self.0.lock().expect("poisoned");
+        members
+            .into_iter()
+            .filter(|id| !m.get(id).is_some_and(|(l, at)| l == leader && *at >= since))
+            .collect()
+    }
 }
 
 impl PeerClients {
@@ -77,6 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for PeerNetwork {
             target,
             url: node.peer_url.clone(),
             client: self.clients.get(&node.peer_url),
+            contacts: self.clients.contacts.clone(),
             cluster_id: self.node_cluster_id.clone(),
         }
     }
@@ -86,6 +126,7 @@ pub struct PeerConnection {
     target: u64,
     url: String,
     client: Result<RaftPeerClient<Channel>, Status>,
+    contacts: Contacts,
     cluster_id: Arc<std::sync::atomic::AtomicU64>,
 }
 
@@ -130,7 +171,18 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
-        self.call("append", &rpc, &option).await
+        let sent = Instant::now();
+        let leader = *rpc.vote.leader_id();
+        let res = self.call("append", &rpc, &option).await;
+        if matches!(
+            res,
+            Ok(AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict)
+        ) {
+            self.contacts.record(self.target, leader, sent);
+        }
+        res
     }
 
     async fn install_snapshot(
@@ -138,7 +190,16 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: InstallSnapshotRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<InstallSnapshotResponse<u64>, RpcErr<InstallSnapshotError>> {
-        self.call("snapshot", &rpc, &option).await
+        let sent = Instant::now();
+        let leader = *rpc.vote.leader_id();
+        let res = self.call("snapshot", &rpc, &option).await;
+        if res
+            .as_ref()
+            .is_ok_and(|r: &InstallSnapshotResponse<u64>| r.vote.leader_id() == &leader)
+        {
+            self.contacts.record(self.target, leader, sent);
+        }
+        res
     }
 
     async fn vote(&mut self, rpc: VoteRequest<u64>, option: RPCOption) -> Result<VoteResponse<u64>, RpcErr> {
@@ -190,7 +251,20 @@ impl RaftPeer for PeerService {
         let msg = req.into_inner();
         self.check(&msg)?;
         let rpc: AppendEntriesRequest<TypeConfig> = decode(&msg.data)?;
-        self.reply(&self.node.raft.append_entries(rpc).await)
+        let leader = rpc.vote.leader_id().voted_for();
+        let res = self.node.raft.append_entries(rpc).await;
+        if let (
+            Ok(
+                AppendEntriesResponse::Success
+                | AppendEntriesResponse::PartialSuccess(_)
+                | AppendEntriesResponse::Conflict,
+            ),
+            Some(leader),
+        ) = (&res, leader)
+        {
+            self.node.heard_from_leader(leader);
+        }
+        self.reply(&res)
     }
 
     async fn vote(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
@@ -204,7 +278,14 @@ impl RaftPeer for PeerService {
         let msg = req.into_inner();
         self.check(&msg)?;
         let rpc: InstallSnapshotRequest<TypeConfig> = decode(&msg.data)?;
-        self.reply(&self.node.raft.install_snapshot(rpc).await)
+        let vote = rpc.vote;
+        let res = self.node.raft.install_snapshot(rpc).await;
+        if let (Ok(r), Some(leader)) = (&res, vote.leader_id().voted_for()) {
+            if r.vote.leader_id() == vote.leader_id() {
+                self.node.heard_from_leader(leader);
+            }
+        }
+        self.reply(&res)
     }
 
     async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {

@@ -7,8 +7,10 @@
 //! - [`schedule`]: `schedule(&ClusterView, &Config) -> Plan`.
 //! - [`diff`]: the agent's `diff(desired, actual) -> Vec<Task>`.
 //! - [`es`]: Elasticsearch clusters: `cluster.toml`, generated units, rendered config.
+//! - [`lease`]: the bound on a "no leader" answer that agents and leader share.
 
 pub mod keys;
+pub mod lease;
 pub mod model;
 pub mod name;
 pub mod options;

@@ -314,6 +314,29 @@ impl ProcessCluster {
         Ok(())
     }
 
+    /// Sends `signal` to member `i`'s process.
+    fn signal(&self, i: usize, signal: rustix::process::Signal) -> anyhow::Result<()> {
+        let m = &self.members[i];
+        let guard = m.child.lock().unwrap_or_else(|e| e.into_inner());
+        let child = guard
+            .as_ref()
+            .with_context(|| format!("member {} is not running", m.name))?;
+        let pid = rustix::process::Pid::from_raw(child.id() as i32).context("a child process has pid 0")?;
+        rustix::process::kill_process(pid, signal).with_context(|| format!("signalling {}", m.name))
+    }
+
+    /// SIGSTOPs member `i`: its sockets stay open and accept connections, but nothing is
+    /// answered, like a host that hangs or vanished without resetting its connections
+    /// (unlike [`ProcessCluster::kill`], whose refused connections fail fast).
+    pub fn freeze(&self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, rustix::process::Signal::STOP)
+    }
+
+    /// SIGCONTs a member frozen by [`ProcessCluster::freeze`].
+    pub fn thaw(&self, i: usize) -> anyhow::Result<()> {
+        self.signal(i, rustix::process::Signal::CONT)
+    }
+
     /// SIGTERMs member `i` and waits for it to exit; returns its exit status. A member that
     /// does not exit within 30 s is killed and reported as an error.
     pub async fn stop(&mut self, i: usize) -> anyhow::Result<ExitStatus> {

@@ -1,8 +1,13 @@
-//! Killing the leader under load loses no acknowledged write, and a cluster stopped whole
-//! comes back from disk with its keys, revisions and leases.
+//! Killing the leader under load loses no acknowledged write, a cluster stopped whole
+//! comes back from disk with its keys, revisions and leases, and a hung leader still
+//! leaves agents an answer in time.
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use esfleet_agent::client::Client as AgentClient;
+use esfleet_agent::config::Timing;
+use esfleet_agent::session::{Fencer, Session};
 use esfleet_tests::{poll, Flavor, Options, ProcessCluster};
 use etcd_client::{GetOptions, LeaseTimeToLiveOptions};
 
@@ -182,4 +187,76 @@ async fn leader_kill_under_writes_then_full_restart_from_disk() {
     // And it serves writes again.
     let put = client.put("/t20/after", "v", None).await.expect("put after restart");
     assert_eq!(put.header().unwrap().revision(), before_rev + 1);
+}
+
+/// A leader that hangs (here: SIGSTOP, like a crashed host whose packets vanish) during
+/// an ordinary election must not fence a healthy host (DESIGN.md decision 5). The agent's
+/// real lease session, talking to all three members as an agent does, keeps its lease and
+/// never fences while the leader is frozen for 6 s (longer than the 4 s fence window),
+/// and its lease is still there afterwards. Before the followers bounded their forward to
+/// half an election timeout, the agent's 1 s patience and the follower's 1 s forward
+/// raced, the agent saw only timeouts, and fenced.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_leader_fences_no_healthy_host() {
+    if flavor() != Flavor::Esfleet {
+        println!("skip: the fence clock is esfleet's agent talking to esfleet's members");
+        return;
+    }
+    let c = ProcessCluster::start(flavor(), 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    // The leader last in the list: the agent starts on a follower, which forwards to it.
+    let mut endpoints: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
+    endpoints.push(c.endpoint(leader));
+    let timing = Timing::default();
+    let api = AgentClient::new(endpoints, timing.request_timeout);
+    let fences = Fences::default();
+    let (session, status) = Session::new(api, fences.clone(), timing, "/t20/machine".into(), "{}".into());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(session.run(stopped));
+    let registered = status.clone();
+    poll("the session to register", PATIENCE, || async {
+        anyhow::ensure!(registered.borrow().lease.is_some(), "not yet");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let lease = status.borrow().lease.expect("registered");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    c.freeze(leader).unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    c.thaw(leader).unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let fenced = fences.0.lock().unwrap().clone();
+    assert!(
+        fenced.is_empty(),
+        "fenced during an election: {fenced:?}\n{}",
+        c.log_tails()
+    );
+    assert!(!status.borrow().fenced);
+    assert_eq!(
+        status.borrow().lease,
+        Some(lease),
+        "the lease was lost and granted again"
+    );
+    let mut client = c.client().await;
+    let ttl = client
+        .lease_time_to_live(lease, None)
+        .await
+        .expect("lease time to live");
+    assert!(ttl.ttl() > 0, "the lease expired: {}", ttl.ttl());
+    stop.send(true).unwrap();
+    running.await.unwrap();
+}
+
+#[derive(Clone, Default)]
+struct Fences(Arc<Mutex<Vec<String>>>);
+
+impl Fencer for Fences {
+    async fn fence(&self, why: &str) {
+        self.0.lock().unwrap().push(why.to_string());
+    }
 }

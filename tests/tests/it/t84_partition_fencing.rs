@@ -18,9 +18,16 @@ enum Cut {
     InboundOnly,
 }
 
-fn fence_before_replacement(cut: Cut, names: &[&str]) {
+/// `victim` indexes `names`; the first three hosts also run the coordinator members.
+fn fence_before_replacement(cut: Cut, names: &[&str], victim: usize) {
     let c = RealCluster::boot(Spec::new(names).without_agents()).expect("boot");
-    let victim = names[3];
+    let others: Vec<&str> = names
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != victim)
+        .map(|(_, h)| *h)
+        .collect();
+    let victim = names[victim];
     // Only the victim's agent first, so both units land on it.
     c.start_agent(victim).unwrap();
     c.wait_machines_up(&[victim], PATIENCE).unwrap();
@@ -30,10 +37,10 @@ fn fence_before_replacement(cut: Cut, names: &[&str]) {
         .unwrap();
     let at = c.wait_units_running(&units, PATIENCE).unwrap();
     assert!(at.values().all(|h| h == victim), "{at:?}");
-    for h in &names[..3] {
+    for h in &others {
         c.start_agent(h).unwrap();
     }
-    c.wait_machines_up(&names[..3], PATIENCE).unwrap();
+    c.wait_machines_up(&others, PATIENCE).unwrap();
 
     let (moved, samples) = c.sample_while(&["fenced-*"], Duration::from_millis(200), || {
         let t0 = Instant::now();
@@ -118,7 +125,7 @@ fn a_partitioned_host_fences_its_units_before_they_start_elsewhere() {
     if skip_unless_root("t84_partition_fencing::a_partitioned_host_fences_its_units_before_they_start_elsewhere") {
         return;
     }
-    fence_before_replacement(Cut::Cable, &["pa", "pb", "pc", "cut"]);
+    fence_before_replacement(Cut::Cable, &["pa", "pb", "pc", "cut"], 3);
 }
 
 #[test]
@@ -127,5 +134,17 @@ fn a_host_that_hears_nothing_fences_its_units_before_they_start_elsewhere() {
     {
         return;
     }
-    fence_before_replacement(Cut::InboundOnly, &["qa", "qb", "qc", "deaf"]);
+    fence_before_replacement(Cut::InboundOnly, &["qa", "qb", "qc", "deaf"], 3);
+}
+
+/// The host cut off also runs a coordinator member: its agent still reaches that member,
+/// which is in a minority and can only say "there is no leader". That must not keep the
+/// units up while the majority moves them.
+#[test]
+fn a_partitioned_member_host_fences_its_units_before_they_start_elsewhere() {
+    if skip_unless_root("t84_partition_fencing::a_partitioned_member_host_fences_its_units_before_they_start_elsewhere")
+    {
+        return;
+    }
+    fence_before_replacement(Cut::Cable, &["ma", "mb", "mc", "md"], 0);
 }
