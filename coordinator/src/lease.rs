@@ -132,13 +132,6 @@ impl LeaseKeeper {
 
     /// A keepalive from any member: answered by the leader.
     pub async fn keep_alive(&self, node: &Node, id: i64) -> Result<i64, Status> {
-        // A member removed from the cluster (or not yet joined) is not watched by the leader
-        // (see `run`), so its "no leader" would be unbounded credit: it answers nothing.
-        if !node.is_member() {
-            return Err(Status::unavailable(
-                "this coordinator is not a member of the cluster (removed, or not yet joined); ask another",
-            ));
-        }
         match node.leader() {
             Some((leader, _)) if leader == node.id => self.keep_alive_local(node, id),
             // A leader this member has not heard from for an election timeout: say so.

@@ -168,17 +168,6 @@ impl Node {
         Some((id, url))
     }
 
-    /// Whether this member's own membership config lists it (voter or learner).
-    pub fn is_member(&self) -> bool {
-        self.raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&self.id)
-            .is_some()
-    }
-
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
