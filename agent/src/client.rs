@@ -26,7 +26,8 @@ const MAX_RESPONSE: usize = 256 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// The member says it knows no leader (or leads without a quorum). For the fence clock
-    /// this counts as an acknowledgment (DESIGN.md decision 5).
+    /// this counts as an acknowledgment, but only up to the outage grace after the last
+    /// real one (`esfleet_core::lease`): the member may be a minority cut off with us.
     #[error("coordinator {endpoint}: no leader")]
     NoLeader { endpoint: String },
     #[error("coordinator {endpoint} did not answer within {timeout:?}")]

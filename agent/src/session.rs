@@ -11,8 +11,9 @@
 //! ```
 //!
 //! The fence clock is the time of the last acknowledgment: a keepalive answered with a
-//! TTL, a grant, or a member's answer that there is no leader (no leader can expire a
-//! lease, and a new one extends every lease by its TTL). It counts from when the
+//! TTL, a grant, or a member's answer that there is no leader (a leader that may have been
+//! out of touch with that member waits the outage grace before expiring, and a new one
+//! extends every lease by its TTL). It counts from when the
 //! acknowledged request was *sent*, so the lease cannot expire before we fence. "No
 //! leader" answers count for at most the outage grace after the last real
 //! acknowledgment ([`esfleet_core::lease`]): the member saying it may be a minority cut off
