@@ -21,8 +21,16 @@ use esfleet_proto::raft::{internal_request, InternalRequest};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
-use crate::node::{no_leader, Node};
+use crate::node::{no_leader, Node, Route};
 use crate::store::state_machine::LeaseObserver;
+
+/// How long after it last heard from a leader a member may still say "there is no
+/// leader" ([`Node::route`]); after it, it answers with a plain error. The bound exists for
+/// a member removed from the cluster while it runs: no leader watches it any more, so none
+/// doubts it, except the leader that removed it, for this long (plus an election timeout)
+/// after the removal (see [`LeaseKeeper::run`]). Longer than the outage grace at the
+/// default TTL, so an agent's own grace, not this, ends an ordinary outage's credit.
+pub const NO_LEADER_SPAN: Duration = Duration::from_secs(60);
 
 /// Longest TTL etcd accepts.
 pub const MAX_TTL: i64 = 9_000_000_000;
@@ -54,6 +62,33 @@ impl Inner {
         self.renewed = self.ttl.keys().map(|id| (*id, now)).collect();
         self.last_doubt = now;
         self.revoking.clear();
+    }
+}
+
+/// The members a leader has seen leave the membership, with when, so that it keeps
+/// doubting them for a while: a removed member may still run, and openraft stops sending to
+/// it before it learns of its removal, so it says "no leader" to its agents.
+#[derive(Default)]
+struct Removed {
+    /// The members of the last tick.
+    members: Vec<u64>,
+    left: HashMap<u64, Instant>,
+}
+
+impl Removed {
+    /// The members to watch now: the current ones, and those that left within `keep`.
+    fn watched(&mut self, members: &[u64], now: Instant, keep: Duration) -> Vec<u64> {
+        for gone in self.members.iter().filter(|id| !members.contains(id)) {
+            self.left.insert(*gone, now);
+        }
+        for back in members {
+            self.left.remove(back);
+        }
+        self.left.retain(|_, at| now.saturating_duration_since(*at) < keep);
+        self.members = members.to_vec();
+        let mut watched = self.members.clone();
+        watched.extend(self.left.keys().copied());
+        watched
     }
 }
 
@@ -132,13 +167,10 @@ impl LeaseKeeper {
 
     /// A keepalive from any member: answered by the leader.
     pub async fn keep_alive(&self, node: &Node, id: i64) -> Result<i64, Status> {
-        match node.leader() {
-            Some((leader, _)) if leader == node.id => self.keep_alive_local(node, id),
-            // A leader this member has not heard from for an election timeout: say so.
-            // Sound for the leader's expiry: the leader has not had this member's answer
-            // for as long, so it doubts it (see `tick`) and waits the outage grace.
-            Some((leader, _)) if !node.hears_from(leader) => Err(no_leader()),
-            Some((_, url)) => {
+        // "No leader" or a plain error, decided in one place ([`Node::route`]).
+        match node.route()? {
+            Route::Here => self.keep_alive_local(node, id),
+            Route::Leader(url) => {
                 // Half an election timeout (500 ms by default): a leader answers a
                 // keepalive from memory in milliseconds, and the agent that asked gives its
                 // keepalive one interval (1 s by default) before it moves on. Waiting a whole
@@ -172,7 +204,6 @@ impl LeaseKeeper {
                     _ => e,
                 })
             }
-            None => Err(no_leader()),
         }
     }
 
@@ -218,9 +249,9 @@ impl LeaseKeeper {
         id: i64,
         with_keys: bool,
     ) -> Result<pb::LeaseTimeToLiveResponse, Status> {
-        match node.leader() {
-            Some((leader, _)) if leader == node.id => self.time_to_live_local(node, id, with_keys),
-            Some((_, url)) => {
+        match node.route()? {
+            Route::Here => self.time_to_live_local(node, id, with_keys),
+            Route::Leader(url) => {
                 let mut client = node.peers.get(&url)?;
                 let mut req = tonic::Request::new(pb::LeaseTimeToLiveRequest { id, keys: with_keys });
                 req.set_timeout(node.request_timeout);
@@ -228,7 +259,6 @@ impl LeaseKeeper {
                 resp.header = Some(node.header(0));
                 Ok(resp)
             }
-            None => Err(no_leader()),
         }
     }
 
@@ -266,26 +296,37 @@ impl LeaseKeeper {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut doubted: Vec<u64> = Vec::new();
         let mut leading_since: Option<(u64, Instant)> = None;
+        // Members seen in the membership while leading, and those that left it, with when:
+        // a removed member that still runs may say "no leader" for [`NO_LEADER_SPAN`].
+        let mut removed = Removed::default();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
+            let now = Instant::now();
             let (leading, unconfirmed) = {
                 let m = node.raft.metrics();
                 let m = m.borrow();
                 let leading = (m.state == openraft::ServerState::Leader).then_some(m.current_term);
-                let others = m
+                let members: Vec<u64> = m
                     .membership_config
                     .membership()
                     .nodes()
                     .map(|(id, _)| *id)
-                    .filter(|id| *id != node.id);
-                let since = Instant::now() - node.election_timeout / 2;
+                    .filter(|id| *id != node.id)
+                    .collect();
                 let unconfirmed = match leading {
-                    Some(_) => node.peers.contacts.unconfirmed(others, m.vote.leader_id(), since),
-                    None => Vec::new(),
+                    Some(_) => {
+                        let watched = removed.watched(&members, now, NO_LEADER_SPAN + node.election_timeout);
+                        let since = now - node.election_timeout / 2;
+                        node.peers.contacts.unconfirmed(watched, m.vote.leader_id(), since)
+                    }
+                    None => {
+                        removed = Removed::default();
+                        Vec::new()
+                    }
                 };
                 (leading, unconfirmed)
             };
@@ -293,7 +334,10 @@ impl LeaseKeeper {
             match (leading, leading_since) {
                 (Some(term), Some((t, _))) if t == term => {}
                 (Some(term), _) => leading_since = Some((term, Instant::now())),
-                (None, _) => leading_since = None,
+                (None, _) => {
+                    leading_since = None;
+                    doubted.clear();
+                }
             }
             let settled = leading_since.is_some_and(|(_, at)| at.elapsed() > node.election_timeout);
             if settled && unconfirmed != doubted {
@@ -423,5 +467,27 @@ mod tests {
         assert_eq!(k.grant_ttl(1).unwrap(), 2);
         assert_eq!(k.grant_ttl(60).unwrap(), 60);
         assert!(k.grant_ttl(MAX_TTL + 1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_removed_member_is_watched_for_a_while_after_it_left() {
+        let keep = Duration::from_secs(61);
+        let mut r = Removed::default();
+        let start = Instant::now();
+        assert_eq!(r.watched(&[2, 3], start, keep), vec![2, 3]);
+        let mut w = r.watched(&[2], start + Duration::from_secs(1), keep);
+        w.sort();
+        assert_eq!(w, vec![2, 3], "3 just left the membership: still watched");
+        let mut w = r.watched(&[2], start + Duration::from_secs(61), keep);
+        w.sort();
+        assert_eq!(w, vec![2, 3], "still within the span");
+        assert_eq!(
+            r.watched(&[2], start + Duration::from_secs(62), keep),
+            vec![2],
+            "dropped once the span is over"
+        );
+        // Removed and added again: watched as a member, and not twice.
+        r.watched(&[], start + Duration::from_secs(63), keep);
+        assert_eq!(r.watched(&[2], start + Duration::from_secs(64), keep), vec![2]);
     }
 }

@@ -42,8 +42,70 @@ pub struct Node {
     pub request_timeout: Duration,
     pub election_timeout: Duration,
     lease_ids: AtomicI64,
-    /// The leader whose AppendEntries or snapshot this member last accepted, and when.
-    heard: std::sync::Mutex<Option<(u64, tokio::time::Instant)>>,
+    /// The leader whose AppendEntries or snapshot this member last accepted (none yet),
+    /// and when; the member's start until it hears one.
+    heard: std::sync::Mutex<(Option<u64>, tokio::time::Instant)>,
+}
+
+/// Where a request for the leader goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// This member leads.
+    Here,
+    /// The leader's peer URL.
+    Leader(String),
+}
+
+/// What a member knows of the leader when a request for it arrives.
+#[derive(Debug, Clone)]
+struct Hearing {
+    leading: bool,
+    /// The leader openraft names, with its peer URL if this member's config has it.
+    named: Option<(u64, Option<String>)>,
+    /// The leader this member last accepted a message from, and how long ago.
+    heard: Option<u64>,
+    silent_for: Duration,
+}
+
+/// The one place that decides between "there is no leader" and a plain error, for every
+/// request bound for the leader (keepalives, grants, writes, reads).
+///
+/// An agent keeps its units on "no leader" (bounded by its outage grace), so a member says
+/// it only while the leader, if there is one, doubts this member and so waits that grace
+/// before expiring leases ([`crate::lease`]): once it has heard from no leader for an
+/// election timeout (a leader that many heartbeats without this member's answer doubts
+/// it), and for no longer than [`crate::lease::NO_LEADER_SPAN`] (a removed member is
+/// doubted only that long after its removal). Anything else that fails is a plain error,
+/// on which the agent tries another member and gets no credit:
+/// - just started, or hearing a leader whose address this member's config lacks yet;
+/// - openraft names a leader other than the one last heard (an election just ended);
+/// - silent for longer than the span: cut off for long, or removed from the cluster.
+fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Route, Status> {
+    if h.leading {
+        return Ok(Route::Here);
+    }
+    if h.silent_for > election_timeout + span {
+        return Err(Status::unavailable(format!(
+            "this member has not heard from a leader for {:.0?}: it is cut off from the others, or no \
+             longer a member; try another member",
+            h.silent_for
+        )));
+    }
+    if h.silent_for > election_timeout {
+        return Err(no_leader());
+    }
+    match (&h.named, h.heard) {
+        (Some((named, Some(url))), Some(heard)) if *named == heard => Ok(Route::Leader(url.clone())),
+        (Some((named, None)), Some(heard)) if *named == heard => Err(Status::unavailable(format!(
+            "this member follows leader {named:x} but has not yet learnt its address; try another member"
+        ))),
+        (_, None) => Err(Status::unavailable(
+            "this member has just started and has not heard from a leader yet; try another member",
+        )),
+        _ => Err(Status::unavailable(
+            "this member is between leaders (an election just ended); try again, or try another member",
+        )),
+    }
 }
 
 /// The error etcd clients recognise when no leader is known.
@@ -100,24 +162,36 @@ impl Node {
             request_timeout,
             election_timeout,
             lease_ids: AtomicI64::new(lease_seed.max(1)),
-            heard: std::sync::Mutex::new(None),
+            heard: std::sync::Mutex::new((None, tokio::time::Instant::now())),
         }
     }
 
     /// Notes that this member just accepted a message from `leader`.
     pub fn heard_from_leader(&self, leader: u64) {
-        *self.heard.lock().expect("poisoned") = Some((leader, tokio::time::Instant::now()));
+        *self.heard.lock().expect("poisoned") = (Some(leader), tokio::time::Instant::now());
     }
 
-    /// Whether this member accepted a message from `leader` within an election timeout.
-    /// openraft's follower waits a leader lease on top of its election timeout before it
-    /// stands for election (2.5–3 s by default), so for that long it still names a leader
-    /// that has gone silent.
-    pub fn hears_from(&self, leader: u64) -> bool {
-        self.heard
-            .lock()
-            .expect("poisoned")
-            .is_some_and(|(l, at)| l == leader && at.elapsed() <= self.election_timeout)
+    /// Where a request for the leader goes now, or the error to answer with ([`route`]).
+    pub fn route(&self) -> Result<Route, Status> {
+        let (heard, at) = *self.heard.lock().expect("poisoned");
+        let hearing = {
+            let m = self.raft.metrics();
+            let m = m.borrow();
+            Hearing {
+                leading: m.state == ServerState::Leader,
+                named: m.current_leader.map(|id| {
+                    let url = m
+                        .membership_config
+                        .membership()
+                        .get_node(&id)
+                        .map(|n| n.peer_url.clone());
+                    (id, url)
+                }),
+                heard,
+                silent_for: at.elapsed(),
+            }
+        };
+        route(&hearing, self.election_timeout, crate::lease::NO_LEADER_SPAN)
     }
 
     pub fn adopt_cluster_id(&self, id: u64) {
@@ -159,27 +233,34 @@ impl Node {
         }
     }
 
-    /// The current leader and its peer URL, as this member knows it.
-    pub fn leader(&self) -> Option<(u64, String)> {
-        let m = self.raft.metrics();
-        let m = m.borrow();
-        let id = m.current_leader?;
-        let url = m.membership_config.membership().get_node(&id)?.peer_url.clone();
-        Some((id, url))
-    }
-
     pub fn is_leader(&self) -> bool {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
-    /// True when this member leads and heard from a quorum within an election timeout:
-    /// a leader cut off from the others must not acknowledge lease renewals.
+    /// True when this member leads and a quorum accepted a message it sent within an
+    /// election timeout: a leader cut off from the others must not acknowledge lease
+    /// renewals. Counted from the peer answers themselves ([`peer::Contacts`]), not from
+    /// openraft's metrics, which are only refreshed when something changes and so go
+    /// stale exactly when no follower answers.
     pub fn is_leader_with_quorum(&self) -> bool {
         let m = self.raft.metrics();
         let m = m.borrow();
-        m.state == ServerState::Leader
-            && m.millis_since_quorum_ack
-                .is_some_and(|ms| ms <= self.election_timeout.as_millis() as u64)
+        if m.state != ServerState::Leader {
+            return false;
+        }
+        let since = tokio::time::Instant::now() - self.election_timeout;
+        let leader = m.vote.leader_id();
+        m.membership_config
+            .membership()
+            .get_joint_config()
+            .iter()
+            .all(|config| {
+                let others = config.iter().copied().filter(|id| *id != self.id);
+                let unconfirmed = self.peers.contacts.unconfirmed(others, leader, since).len();
+                // This member counts for itself when it is a voter of this config.
+                let confirmed = config.len() - unconfirmed;
+                confirmed * 2 > config.len()
+            })
     }
 
     /// Proposes on this member, which must be the leader.
@@ -204,20 +285,28 @@ impl Node {
     {
         let deadline = tokio::time::Instant::now() + self.request_timeout;
         loop {
-            let result = match self.leader() {
-                Some((id, _)) if id == self.id => op(None).await,
-                Some((_, url)) => op(Some(url)).await,
-                None => Err(no_leader()),
-            };
-            let last = match result {
-                Ok(v) => return Ok(v),
-                Err(s) if is_not_leader(&s) || s.message() == "etcdserver: no leader" => no_leader(),
-                // The leader could not be reached at all: nothing was proposed.
-                Err(s) if s.code() == Code::Unavailable && s.message().contains("connect") => s,
-                Err(s) => return Err(s),
+            let retry = match self.route() {
+                // This member's own answer, decided in one place: nothing was sent.
+                Err(own) => own,
+                Ok(route) => match op(match route {
+                    Route::Here => None,
+                    Route::Leader(url) => Some(url),
+                })
+                .await
+                {
+                    Ok(v) => return Ok(v),
+                    Err(s) if is_not_leader(&s) => {
+                        Status::unavailable("the leader stepped down while this request waited for it; try again")
+                    }
+                    // The leader lost its quorum: nothing was proposed. Passed through.
+                    Err(s) if s.message() == "etcdserver: no leader" => s,
+                    // The leader could not be reached at all: nothing was proposed.
+                    Err(s) if s.code() == Code::Unavailable && s.message().contains("connect") => s,
+                    Err(s) => return Err(s),
+                },
             };
             if tokio::time::Instant::now() >= deadline {
-                return Err(last);
+                return Err(retry);
             }
             let mut metrics = self.raft.metrics();
             let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
@@ -369,5 +458,68 @@ impl Node {
             }),
             Err(RaftError::Fatal(_)) => Err(stopped()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ET: Duration = Duration::from_secs(1);
+    const SPAN: Duration = Duration::from_secs(60);
+
+    fn hearing(named: Option<(u64, Option<&str>)>, heard: Option<u64>, silent_ms: u64) -> Hearing {
+        Hearing {
+            leading: false,
+            named: named.map(|(id, url)| (id, url.map(String::from))),
+            heard,
+            silent_for: Duration::from_millis(silent_ms),
+        }
+    }
+
+    fn says_no_leader(r: &Result<Route, Status>) -> bool {
+        matches!(r, Err(s) if s.code() == Code::Unavailable && s.message() == "etcdserver: no leader")
+    }
+
+    /// Agents (and etcd clients) read any Unavailable message containing "no leader" as
+    /// the no-leader answer, so a plain error must not contain it.
+    fn plain_error(r: &Result<Route, Status>) -> bool {
+        matches!(r, Err(s) if s.code() == Code::Unavailable && !s.message().contains("no leader"))
+    }
+
+    #[test]
+    fn a_follower_that_hears_its_leader_sends_requests_to_it() {
+        let r = route(&hearing(Some((2, Some("http://b"))), Some(2), 200), ET, SPAN);
+        assert_eq!(r.unwrap(), Route::Leader("http://b".into()));
+        let mut h = hearing(None, None, 5_000);
+        h.leading = true;
+        assert_eq!(route(&h, ET, SPAN).unwrap(), Route::Here, "the leader answers itself");
+    }
+
+    #[test]
+    fn no_leader_only_after_an_election_timeout_of_silence_and_within_the_span() {
+        // openraft still names the silent leader for a while (its leader lease).
+        let named = Some((2, Some("http://b")));
+        assert!(says_no_leader(&route(&hearing(named, Some(2), 1_001), ET, SPAN)));
+        assert!(says_no_leader(&route(&hearing(None, Some(2), 1_001), ET, SPAN)));
+        assert!(says_no_leader(&route(&hearing(None, None, 60_999), ET, SPAN)));
+        let long = route(&hearing(None, Some(2), 61_001), ET, SPAN);
+        assert!(plain_error(&long), "past the span: removed or long cut off, {long:?}");
+        assert!(long.unwrap_err().message().contains("no longer a member"));
+    }
+
+    #[test]
+    fn an_unsure_follower_answers_with_a_plain_error_not_no_leader() {
+        // Just started: it has heard nobody yet, but the leader has not doubted it for long.
+        let r = route(&hearing(None, None, 300), ET, SPAN);
+        assert!(plain_error(&r), "{r:?}");
+        // Hears a leader its (lagging) config does not list: the leader watches it.
+        let r = route(&hearing(Some((4, None)), Some(4), 100), ET, SPAN);
+        assert!(plain_error(&r) && r.unwrap_err().message().contains("address"));
+        let r = route(&hearing(None, Some(4), 100), ET, SPAN);
+        assert!(plain_error(&r), "{r:?}");
+        // An election just ended: openraft names a leader this member has not heard yet.
+        let r = route(&hearing(Some((5, Some("http://e"))), Some(4), 100), ET, SPAN);
+        assert!(plain_error(&r), "{r:?}");
     }
 }

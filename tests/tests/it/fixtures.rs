@@ -219,3 +219,13 @@ pub async fn assert_all_acked_present(client: &Client, prefix: &str, acks: &[Ack
     }
     Ok(())
 }
+
+/// A fencer for a real agent session that only records why it fenced.
+#[derive(Clone, Default)]
+pub struct Fences(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl esfleet_agent::session::Fencer for Fences {
+    async fn fence(&self, why: &str) {
+        self.0.lock().unwrap().push(why.to_string());
+    }
+}

@@ -3,10 +3,15 @@
 
 use std::collections::BTreeSet;
 
-use esfleet_tests::{poll, ProcessCluster};
+use std::time::{Duration, Instant};
+
+use esfleet_agent::client::Client as AgentClient;
+use esfleet_agent::config::Timing;
+use esfleet_agent::session::Session;
+use esfleet_tests::{poll, Flavor, ProcessCluster};
 use etcd_client::GetOptions;
 
-use crate::fixtures::{assert_all_acked_present, cluster, read_prefix, Writer, PATIENCE};
+use crate::fixtures::{assert_all_acked_present, cluster, flavor, read_prefix, Fences, Writer, PATIENCE};
 
 /// Waits until the member list (read through `client`) has exactly the members `expected`
 /// (by index), each with its name, peer URL and client URL.
@@ -120,4 +125,66 @@ async fn remove_the_leader_under_writes() {
             .await
             .unwrap_or_else(|e| panic!("read through {}: {e:?}", c.name(i)));
     }
+}
+
+/// A member removed while it still runs is no longer sent anything (openraft stops
+/// replicating to it before it learns of its removal), so it tells its agents "there is no
+/// leader", and they keep their units. The leader that removed it keeps doubting it, so
+/// an agent that can reach only that member fences before its lease expires: never two
+/// copies of its units. (Before, the lease expired 5 s after the removal and the agent
+/// fenced at 29 s.)
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_member_still_running_lets_no_lease_expire_before_its_agent_fences() {
+    if flavor() != Flavor::Esfleet {
+        println!("skip: the fence clock is esfleet's agent talking to esfleet's members");
+        return;
+    }
+    let c = cluster(3).await;
+    let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
+    let leaving = (leader + 1) % 3;
+    let timing = Timing::default();
+    let api = AgentClient::new(vec![c.endpoint(leaving)], timing.request_timeout);
+    let fences = Fences::default();
+    let (session, status) = Session::new(api, fences.clone(), timing, "/t30/machine".into(), "{}".into());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let running = tokio::spawn(session.run(stopped));
+    poll("the session to register", PATIENCE, || async {
+        anyhow::ensure!(status.borrow().lease.is_some(), "not yet");
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:?}"));
+    let lease = status.borrow().lease.expect("registered");
+
+    // Removed through the leader; the process is left running (unlike `remove_member`).
+    let id = c.member_id(leaving).await.unwrap_or_else(|e| panic!("{e:?}"));
+    let mut client = c.client_for(leader).await;
+    client.member_remove(id).await.expect("member remove");
+    let removed = Instant::now();
+    let (mut fenced, mut expired) = (None, None);
+    while (fenced.is_none() || expired.is_none()) && removed.elapsed() < Duration::from_secs(60) {
+        if fenced.is_none() && !fences.0.lock().unwrap().is_empty() {
+            fenced = Some(removed.elapsed());
+        }
+        if expired.is_none() {
+            match client.lease_time_to_live(lease, None).await {
+                Ok(r) if r.ttl() < 0 => expired = Some(removed.elapsed()),
+                Ok(_) => {}
+                Err(e) => println!("lease time to live: {e}"),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    println!("after the removal: agent fenced at {fenced:?}, lease expired at {expired:?}");
+    let fenced = fenced.unwrap_or_else(|| panic!("the agent never fenced\n{}", c.log_tails()));
+    let expired = expired.unwrap_or_else(|| panic!("the lease never expired\n{}", c.log_tails()));
+    assert!(
+        fenced < expired,
+        "the lease expired ({expired:?} after the removal) while the agent still ran its units \
+         (fenced at {fenced:?}): {:?}\n{}",
+        fences.0.lock().unwrap(),
+        c.log_tails()
+    );
+    stop.send(true).unwrap();
+    running.await.unwrap();
 }
