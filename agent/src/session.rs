@@ -21,6 +21,11 @@
 //!
 //! Losing the lease (a keepalive answered with TTL 0) stops nothing: the agent registers
 //! again on a new lease. Only the fence clock stops units.
+//!
+//! The fence clock outlives the agent process: the time of the last real acknowledgment is
+//! kept with the lease id ([`Session::with_handoff`]), so a restarted agent goes on from it
+//! instead of granting its units a fresh window (an agent that crashes every few seconds
+//! while its host is cut off must still fence).
 
 use std::future::Future;
 use std::time::Duration;
@@ -129,6 +134,8 @@ pub struct Session<L, F> {
     lease_file: Option<std::path::PathBuf>,
     /// A lease a previous agent process left behind, tried once before granting a new one.
     inherited: Option<i64>,
+    /// The lease id kept in `lease_file` (with the time of the last real acknowledgment).
+    kept: Option<i64>,
     /// Revoke the lease on exit (the units were stopped); otherwise leave it to a successor.
     release_on_exit: bool,
 }
@@ -153,6 +160,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 status,
                 lease_file: None,
                 inherited: None,
+                kept: None,
                 release_on_exit: true,
             },
             rx,
@@ -166,28 +174,74 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     /// are left running on exit) the lease is not revoked on exit: revoking it would make the
     /// scheduler start every unit elsewhere while the old copies still run. If no agent comes
     /// back, the lease expires after its TTL and the machine is lost as if it had crashed.
+    ///
+    /// The file also keeps when the last real acknowledgment was sent (on the boot-time
+    /// clock, which counts suspend and is shared by all processes), and the fence clock
+    /// goes on from it: the units the previous process left are fenced when that one's
+    /// would have been, not a fresh window after every restart.
     pub fn with_handoff(mut self, lease_file: std::path::PathBuf, release_on_exit: bool) -> Self {
-        self.inherited = std::fs::read_to_string(&lease_file)
-            .ok()
-            .and_then(|s| i64::from_str_radix(s.trim(), 16).ok())
-            .filter(|l| *l > 0);
+        let kept = std::fs::read_to_string(&lease_file).ok().map(|s| Handoff::parse(&s));
+        if let Some(kept) = kept {
+            self.inherited = kept.lease;
+            self.kept = kept.lease;
+            let now = Instant::now();
+            // A time older than this process can express is long overdue: fence at once.
+            let overdue = now
+                .checked_sub(outage_grace(self.timing.lease_ttl) + self.timing.fence_after())
+                .unwrap_or(now);
+            let since = |at: Duration| {
+                boot_clock()
+                    .checked_sub(at)
+                    .map(|age| now.checked_sub(age).unwrap_or(overdue))
+            };
+            if let Some(acked) = kept.acked_at.and_then(since) {
+                self.last_real_ack = acked;
+                self.last_ack = kept.answered_at.and_then(since).unwrap_or(acked).max(acked);
+                self.next_keepalive = now;
+                tracing::info!(
+                    acknowledged = ?now - self.last_real_ack,
+                    answered = ?now - self.last_ack,
+                    "a previous agent process was last acknowledged (and last answered) this long ago; \
+                     the fence clock goes on from then"
+                );
+            }
+        }
         self.lease_file = Some(lease_file);
         self.release_on_exit = release_on_exit;
         self
     }
 
-    fn remember(&self, lease: Option<i64>) {
+    /// Keeps `lease` (or none) and the last real acknowledgment for a restarted agent.
+    fn remember(&mut self, lease: Option<i64>) {
+        self.kept = lease;
+        self.keep();
+    }
+
+    fn keep(&self) {
         let Some(path) = &self.lease_file else { return };
-        let res = match lease {
-            Some(l) => std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
-                .and_then(|_| std::fs::write(path, format!("{l:x}\n"))),
-            None => std::fs::remove_file(path).or_else(|e| match e.kind() {
-                std::io::ErrorKind::NotFound => Ok(()),
-                _ => Err(e),
-            }),
+        let now = boot_clock();
+        let handoff = Handoff {
+            lease: self.kept,
+            acked_at: now.checked_sub(self.last_real_ack.elapsed()),
+            answered_at: now.checked_sub(self.last_ack.elapsed()),
         };
+        // Written aside and renamed, so a crash mid-write never leaves half a record.
+        let tmp = path.with_extension("new");
+        let res = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
+            .and_then(|_| std::fs::write(&tmp, handoff.render()))
+            .and_then(|_| std::fs::rename(&tmp, path));
         if let Err(e) = res {
             tracing::warn!(path = %path.display(), error = %e, "cannot keep the lease id for a restarted agent");
+        }
+    }
+
+    /// Forgets the lease and the fence clock: the units were stopped on exit.
+    fn forget(&self) {
+        let Some(path) = &self.lease_file else { return };
+        if let Err(e) = std::fs::remove_file(path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(path = %path.display(), error = %e, "cannot remove the lease file");
+            }
         }
     }
 
@@ -217,6 +271,14 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     fn acked(&mut self, sent: Instant) {
         self.last_ack = sent;
         self.last_real_ack = sent;
+        self.keep();
+    }
+
+    /// A member answered a request sent at `sent` with "no leader": it moves the fence
+    /// clock, bounded by the outage grace after the last real acknowledgment ([`Self::fence_at`]).
+    fn no_leader(&mut self, sent: Instant) {
+        self.last_ack = sent;
+        self.keep();
     }
 
     /// Advances the loop by one step: one request (or one wait), and the next phase.
@@ -325,7 +387,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
             Err(e) => {
                 if e.is_no_leader() && !matches!(phase, Phase::Fenced { .. }) {
-                    self.last_ack = sent; // "no leader": bounded by the outage grace (fence_at)
+                    self.no_leader(sent);
                 }
                 self.failures += 1;
                 if self.failures == 1 {
@@ -428,7 +490,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
             Err(e) if e.is_no_leader() => {
                 // No leader can expire the lease, and the next one extends it by its TTL.
-                self.last_ack = sent; // "no leader": bounded by the outage grace (fence_at)
+                self.no_leader(sent);
                 self.next_keepalive = sent + self.timing.keepalive;
                 tracing::info!(error = %e, "no leader; units keep running");
                 stay(false)
@@ -478,7 +540,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
             return;
         }
-        self.remember(None);
+        self.forget();
         if let Some(lease) = phase.lease().or(registered) {
             match tokio::time::timeout(self.timing.request_timeout * 2, self.api.revoke(lease)).await {
                 Ok(Ok(())) => tracing::info!(lease = format!("{lease:x}"), "lease revoked; machine unregistered"),
@@ -487,6 +549,56 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             }
         }
     }
+}
+
+/// What the lease file holds: `<lease id, hex, or 0> <boot-clock ms of the last real
+/// acknowledgment> <boot-clock ms of the last acknowledgment or "no leader">`. A file an
+/// older agent wrote holds the lease id alone.
+#[derive(Debug, PartialEq, Eq)]
+struct Handoff {
+    lease: Option<i64>,
+    acked_at: Option<Duration>,
+    answered_at: Option<Duration>,
+}
+
+impl Handoff {
+    fn parse(s: &str) -> Handoff {
+        let mut words = s.split_whitespace();
+        Handoff {
+            lease: words
+                .next()
+                .and_then(|w| i64::from_str_radix(w, 16).ok())
+                .filter(|l| *l > 0),
+            acked_at: words.next().and_then(|w| w.parse().ok()).map(Duration::from_millis),
+            answered_at: words.next().and_then(|w| w.parse().ok()).map(Duration::from_millis),
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut line = format!("{:x}", self.lease.unwrap_or(0));
+        for at in [self.acked_at, self.answered_at].into_iter().map_while(|at| at) {
+            line += &format!(" {}", at.as_millis());
+        }
+        line + "\n"
+    }
+}
+
+/// Time since boot, suspend included (`CLOCK_BOOTTIME`): one clock for every process of
+/// this boot, and the lease file under `/run` does not outlive the boot.
+fn real_boot_clock() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::Boottime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
+#[cfg(not(test))]
+use real_boot_clock as boot_clock;
+
+/// Unit tests run on paused tokio time: their "boot clock" is that time (from the first
+/// reading on the test's thread, plus an uptime), so a restart within a test keeps time.
+#[cfg(test)]
+fn boot_clock() -> Duration {
+    thread_local!(static BOOT: Instant = Instant::now());
+    BOOT.with(|boot| boot.elapsed()) + Duration::from_secs(3600)
 }
 
 /// How soon a failed request is retried (on the next member): quick, so a dead member
@@ -691,6 +803,108 @@ mod tests {
             "the old lease is kept alive again"
         );
         assert_eq!(fences.0.lock().unwrap().len(), 1);
+    }
+
+    /// A lease file in a fresh directory, removed on drop.
+    struct LeaseFile(std::path::PathBuf);
+    impl LeaseFile {
+        fn new(name: &str) -> LeaseFile {
+            let dir = std::env::temp_dir().join(format!("esfleet-session-{name}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            LeaseFile(dir.join("lease"))
+        }
+    }
+    impl Drop for LeaseFile {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(self.0.parent().unwrap());
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restarted_agent_goes_on_with_the_previous_fence_clock() {
+        let file = LeaseFile::new("restart");
+        let script = Script::default();
+        script.answers.lock().unwrap().extend([
+            (Duration::from_millis(2500), Answer::NoLeader),
+            (Duration::from_secs(60), Answer::Ack),
+        ]);
+        script.now();
+        let fences = Log::default();
+        let t0 = Instant::now();
+        // The agent crashes and is restarted every 10 s while its member says "no leader";
+        // each process starts over from Connecting.
+        let mut phase = Phase::Connecting;
+        for _ in 0..4 {
+            let (s, _status) = session(&script, &fences);
+            let mut s = s.with_handoff(file.0.clone(), false);
+            (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(10)).await;
+        }
+        assert!(matches!(phase, Phase::Fenced { .. }), "{phase:?}");
+        // Last real acknowledgment at 2 s (keepalives every second from 0 s), by the
+        // first process; the grace less the margin is 29 s.
+        assert_eq!(fences.0.lock().unwrap()[..], [t0 + Duration::from_secs(2 + 29)]);
+        let kept = Handoff::parse(&std::fs::read_to_string(&file.0).unwrap());
+        assert_eq!(kept.lease, Some(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_restart_long_after_the_last_acknowledgment_fences_at_once() {
+        let file = LeaseFile::new("late");
+        std::fs::create_dir_all(file.0.parent().unwrap()).unwrap();
+        let acked_at = boot_clock() - Duration::from_secs(300);
+        std::fs::write(
+            &file.0,
+            Handoff {
+                lease: Some(9),
+                acked_at: Some(acked_at),
+                answered_at: Some(acked_at + Duration::from_secs(200)),
+            }
+            .render(),
+        )
+        .unwrap();
+        let script = Script::default();
+        script.answers.lock().unwrap().push_back((Duration::ZERO, Answer::Down));
+        script.now();
+        let fences = Log::default();
+        let t0 = Instant::now();
+        let (s, _status) = session(&script, &fences);
+        let mut s = s.with_handoff(file.0.clone(), false);
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_millis(100)).await;
+        assert_eq!(phase, Phase::Fenced { lease: None });
+        assert_eq!(
+            fences.0.lock().unwrap()[..],
+            [t0],
+            "the units left behind are fenced before any request"
+        );
+    }
+
+    #[test]
+    fn the_lease_file_reads_what_it_wrote_and_what_older_agents_wrote() {
+        let ms = |n| Some(Duration::from_millis(n));
+        let h = Handoff {
+            lease: Some(0x2a),
+            acked_at: ms(123_456),
+            answered_at: ms(124_000),
+        };
+        assert_eq!(h.render(), "2a 123456 124000\n");
+        assert_eq!(Handoff::parse(&h.render()), h);
+        let old = Handoff {
+            lease: Some(0x2a),
+            acked_at: None,
+            answered_at: None,
+        };
+        assert_eq!(Handoff::parse("2a\n"), old, "an older agent's file: the lease alone");
+        assert_eq!(old.render(), "2a\n");
+        let unleased = Handoff {
+            lease: None,
+            acked_at: ms(5),
+            answered_at: ms(6),
+        };
+        assert_eq!(Handoff::parse("0 5 6\n"), unleased);
+        let garbled = Handoff::parse("zz 1x");
+        assert_eq!((garbled.lease, garbled.acked_at), (None, None));
+        let a = real_boot_clock();
+        assert!(real_boot_clock() >= a && a > Duration::ZERO);
     }
 
     #[tokio::test(start_paused = true)]
