@@ -65,8 +65,8 @@ impl Inner {
     }
 }
 
-/// The members a leader has seen leave the membership, with when, so that it keeps
-/// doubting them for a while: a removed member may still run, and openraft stops sending to
+/// The members this member has seen leave the membership, with when, so that whoever
+/// leads keeps doubting them for a while: a removed member may still run, and openraft stops sending to
 /// it before it learns of its removal, so it says "no leader" to its agents.
 #[derive(Default)]
 struct Removed {
@@ -296,8 +296,8 @@ impl LeaseKeeper {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut doubted: Vec<u64> = Vec::new();
         let mut leading_since: Option<(u64, Instant)> = None;
-        // Members seen in the membership while leading, and those that left it, with when:
-        // a removed member that still runs may say "no leader" for [`NO_LEADER_SPAN`].
+        // Members seen in the membership, and those that left it, with when: a removed
+        // member that still runs may say "no leader" for [`NO_LEADER_SPAN`].
         let mut removed = Removed::default();
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -317,16 +317,18 @@ impl LeaseKeeper {
                     .map(|(id, _)| *id)
                     .filter(|id| *id != node.id)
                     .collect();
+                // Tracked on every member, leading or not: whoever leads next knows whom it
+                // must still watch.
+                let watched = removed.watched(&members, now, NO_LEADER_SPAN + node.election_timeout);
                 let unconfirmed = match leading {
                     Some(_) => {
-                        let watched = removed.watched(&members, now, NO_LEADER_SPAN + node.election_timeout);
+                        // The leader hears itself: once it steps down, its silence counts
+                        // from now, not from before it led.
+                        node.heard_from_leader(node.id);
                         let since = now - node.election_timeout / 2;
                         node.peers.contacts.unconfirmed(watched, m.vote.leader_id(), since)
                     }
-                    None => {
-                        removed = Removed::default();
-                        Vec::new()
-                    }
+                    None => Vec::new(),
                 };
                 (leading, unconfirmed)
             };
@@ -362,7 +364,22 @@ impl LeaseKeeper {
                     let req = InternalRequest {
                         request: Some(internal_request::Request::LeaseRevoke(pb::LeaseRevokeRequest { id })),
                     };
-                    match node.propose(req).await {
+                    // Proposed here only, never forwarded or retried elsewhere: the expiry was
+                    // decided by this leader's clock, and a deposed leader's revoke, refused
+                    // with "forward to leader" when its entry is dropped, must not be carried
+                    // to the new leader (which renewed every lease at its takeover).
+                    let proposed = tokio::time::timeout(node.request_timeout, node.propose_local(req)).await;
+                    let applied = match proposed {
+                        Ok(Ok(resp)) => match resp.response {
+                            Some(esfleet_proto::raft::internal_response::Response::Error(e)) => {
+                                Err(Status::new(Code::from(e.code), e.message))
+                            }
+                            _ => Ok(()),
+                        },
+                        Ok(Err(e)) => Err(e),
+                        Err(_) => Err(Status::deadline_exceeded("the revoke was not applied in time")),
+                    };
+                    match applied {
                         Ok(_) => tracing::info!(lease = format!("{id:x}"), "lease expired and revoked"),
                         Err(e) if e.code() == tonic::Code::NotFound => {}
                         Err(e) => {

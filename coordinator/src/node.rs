@@ -77,7 +77,10 @@ struct Hearing {
 /// it), and for no longer than [`crate::lease::NO_LEADER_SPAN`] (a removed member is
 /// doubted only that long after its removal). Anything else that fails is a plain error,
 /// on which the agent tries another member and gets no credit:
-/// - just started, or hearing a leader whose address this member's config lacks yet;
+/// - started and not heard from any leader since: it may have been removed, and been
+///   watched for the span already, before it restarted; or it was never added. (The cost:
+///   a member restarted during a quorum outage gives agents no credit; the others do.)
+/// - hearing a leader whose address this member's config lacks yet;
 /// - openraft names a leader other than the one last heard (an election just ended);
 /// - silent for longer than the span: cut off for long, or removed from the cluster.
 fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Route, Status> {
@@ -91,7 +94,7 @@ fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Rout
             h.silent_for
         )));
     }
-    if h.silent_for > election_timeout {
+    if h.silent_for > election_timeout && h.heard.is_some() {
         return Err(no_leader());
     }
     match (&h.named, h.heard) {
@@ -100,7 +103,7 @@ fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Rout
             "this member follows leader {named:x} but has not yet learnt its address; try another member"
         ))),
         (_, None) => Err(Status::unavailable(
-            "this member has just started and has not heard from a leader yet; try another member",
+            "this member has not heard from a leader since it started; try another member",
         )),
         _ => Err(Status::unavailable(
             "this member is between leaders (an election just ended); try again, or try another member",
@@ -308,7 +311,10 @@ impl Node {
             if tokio::time::Instant::now() >= deadline {
                 return Err(retry);
             }
+            // A fresh receiver counts the current value as unseen: mark it seen first, or
+            // `changed` returns at once and this loop spins until the deadline.
             let mut metrics = self.raft.metrics();
+            metrics.borrow_and_update();
             let _ = tokio::time::timeout(Duration::from_millis(50), metrics.changed()).await;
         }
     }
@@ -502,7 +508,7 @@ mod tests {
         let named = Some((2, Some("http://b")));
         assert!(says_no_leader(&route(&hearing(named, Some(2), 1_001), ET, SPAN)));
         assert!(says_no_leader(&route(&hearing(None, Some(2), 1_001), ET, SPAN)));
-        assert!(says_no_leader(&route(&hearing(None, None, 60_999), ET, SPAN)));
+        assert!(says_no_leader(&route(&hearing(None, Some(2), 60_999), ET, SPAN)));
         let long = route(&hearing(None, Some(2), 61_001), ET, SPAN);
         assert!(plain_error(&long), "past the span: removed or long cut off, {long:?}");
         assert!(long.unwrap_err().message().contains("no longer a member"));
@@ -510,9 +516,12 @@ mod tests {
 
     #[test]
     fn an_unsure_follower_answers_with_a_plain_error_not_no_leader() {
-        // Just started: it has heard nobody yet, but the leader has not doubted it for long.
-        let r = route(&hearing(None, None, 300), ET, SPAN);
-        assert!(plain_error(&r), "{r:?}");
+        // Started and heard nobody since, however long ago: it may be a removed member
+        // restarted after the leader stopped watching it.
+        for silent_ms in [300, 5_000, 100_000] {
+            let r = route(&hearing(None, None, silent_ms), ET, SPAN);
+            assert!(plain_error(&r), "{r:?}");
+        }
         // Hears a leader its (lagging) config does not list: the leader watches it.
         let r = route(&hearing(Some((4, None)), Some(4), 100), ET, SPAN);
         assert!(plain_error(&r) && r.unwrap_err().message().contains("address"));

@@ -129,19 +129,32 @@ async fn remove_the_leader_under_writes() {
 
 /// A member removed while it still runs is no longer sent anything (openraft stops
 /// replicating to it before it learns of its removal), so it tells its agents "there is no
-/// leader", and they keep their units. The leader that removed it keeps doubting it, so
-/// an agent that can reach only that member fences before its lease expires: never two
-/// copies of its units. (Before, the lease expired 5 s after the removal and the agent
-/// fenced at 29 s.)
+/// leader", and they keep their units. The leader keeps doubting it, so an agent that can
+/// reach only that member fences before its lease expires: never two copies of its units.
+/// (Before, the lease expired 8 s after the removal and the agent fenced at 30 s.)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_removed_member_still_running_lets_no_lease_expire_before_its_agent_fences() {
+    removed_member_still_running(false).await;
+}
+
+/// The same when the leader that removed the member loses its leadership right after
+/// (frozen 4 s, then back as a follower): every member notes the removal, so the next
+/// leader keeps doubting the removed one too. Four members, so that the two left after the
+/// removal and the freeze still make a quorum; the old leader comes back, so that only the
+/// removed member can be what keeps the new leader in doubt.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_member_stays_doubted_by_the_next_leader() {
+    removed_member_still_running(true).await;
+}
+
+async fn removed_member_still_running(depose_the_leader: bool) {
     if flavor() != Flavor::Esfleet {
         println!("skip: the fence clock is esfleet's agent talking to esfleet's members");
         return;
     }
-    let c = cluster(3).await;
+    let c = cluster(if depose_the_leader { 4 } else { 3 }).await;
     let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
-    let leaving = (leader + 1) % 3;
+    let leaving = (leader + 1) % c.len();
     let timing = Timing::default();
     let api = AgentClient::new(vec![c.endpoint(leaving)], timing.request_timeout);
     let fences = Fences::default();
@@ -158,9 +171,28 @@ async fn a_removed_member_still_running_lets_no_lease_expire_before_its_agent_fe
 
     // Removed through the leader; the process is left running (unlike `remove_member`).
     let id = c.member_id(leaving).await.unwrap_or_else(|e| panic!("{e:?}"));
-    let mut client = c.client_for(leader).await;
-    client.member_remove(id).await.expect("member remove");
+    c.client_for(leader)
+        .await
+        .member_remove(id)
+        .await
+        .expect("member remove");
     let removed = Instant::now();
+    let staying: Vec<usize> = (0..c.len()).filter(|&i| i != leaving).collect();
+    if depose_the_leader {
+        // The others have the removal by now (it was committed before the answer).
+        c.freeze(leader).unwrap_or_else(|e| panic!("{e:?}"));
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        c.thaw(leader).unwrap_or_else(|e| panic!("{e:?}"));
+        // Right after the thaw the old leader may still think it leads, for a moment.
+        poll("another member to lead", PATIENCE, || async {
+            let now = c.leader().await?;
+            anyhow::ensure!(now != leader && now != leaving, "member {now} leads");
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}\n{}", c.log_tails()));
+    }
+    let mut client = ProcessCluster::connect(&staying.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>()).await;
     let (mut fenced, mut expired) = (None, None);
     while (fenced.is_none() || expired.is_none()) && removed.elapsed() < Duration::from_secs(60) {
         if fenced.is_none() && !fences.0.lock().unwrap().is_empty() {
