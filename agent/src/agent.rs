@@ -148,6 +148,7 @@ fn start_inner<M: UnitManager>(
     );
     if let Some(dir) = &cfg.state_dir {
         session = session.with_handoff(dir.join("lease"), cfg.stop_units_on_exit);
+        shared.keep_fence_list(dir.join("fence-stop"));
     }
     let (stop_session, session_rx) = watch::channel(false);
     let session = tokio::spawn(session.run(session_rx));

@@ -35,6 +35,12 @@ pub struct Local {
     pub desired: BTreeMap<UnitName, ScheduleEntry>,
     /// Set by the fencer; cleared when the session registers again.
     pub fenced: bool,
+    /// The `Fence=stop` units a previous agent process left (its fence list), fenced too
+    /// until this process has read its schedule: a restarted agent cut off from the cluster
+    /// has no `desired` yet, and its fence clock goes on from the previous process's.
+    pub leftover: BTreeSet<UnitName>,
+    /// Where the fence list is kept for a restarted agent, and what was last written there.
+    fence_file: Option<(std::path::PathBuf, Option<BTreeSet<UnitName>>)>,
     /// `installed()` has been read since the agent started.
     adopted: bool,
 }
@@ -79,6 +85,68 @@ impl<M: UnitManager> Shared<M> {
         self.local.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Keeps this machine's `Fence=stop` units in `path` (under `/run`: it outlives an agent
+    /// restart, not a reboot), and takes over the list a previous agent process left there.
+    /// A line that is not a valid unit name is skipped, with a warning.
+    pub fn keep_fence_list(&self, path: std::path::PathBuf) {
+        let leftover: BTreeSet<UnitName> = match std::fs::read_to_string(&path) {
+            Ok(text) => text
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .filter_map(|l| match UnitName::new(l.trim()) {
+                    Ok(n) => Some(n),
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), line = l, error = %e, "skipping a bad line of the fence list");
+                        None
+                    }
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeSet::new(),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot read the previous agent's fence list");
+                BTreeSet::new()
+            }
+        };
+        if !leftover.is_empty() {
+            tracing::info!(
+                units = leftover.len(),
+                "a previous agent process left Fence=stop units; they are fenced too until the schedule is read"
+            );
+        }
+        let mut l = self.local();
+        l.leftover = leftover;
+        l.fence_file = Some((path, None));
+    }
+
+    /// Writes the fence list when the `Fence=stop` units in `desired` changed.
+    fn write_fence_list(&self, desired: &BTreeMap<UnitName, ScheduleEntry>) {
+        let stop: BTreeSet<UnitName> = desired
+            .iter()
+            .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
+            .map(|(n, _)| n.clone())
+            .collect();
+        let path = {
+            let mut l = self.local();
+            l.leftover.clear(); // the schedule is known now
+            match &l.fence_file {
+                Some((_, Some(written))) if *written == stop => return,
+                Some((path, _)) => path.clone(),
+                None => return,
+            }
+        };
+        let text: String = stop.iter().map(|n| format!("{n}\n")).collect();
+        let tmp = path.with_extension("new");
+        let res = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
+            .and_then(|_| std::fs::write(&tmp, text))
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        match res {
+            Ok(()) => self.local().fence_file = Some((path, Some(stop))),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep the fence list for a restarted agent")
+            }
+        }
+    }
+
     /// Ends the fenced period (the session registered again): units may start.
     pub fn unfence(&self) {
         self.local().fenced = false;
@@ -117,6 +185,7 @@ impl<M: UnitManager> Shared<M> {
             l.adopted = true;
         }
         self.local().desired = desired.clone();
+        self.write_fence_list(desired);
         self.adopt(desired).await?;
 
         let (actual, names) = {
@@ -337,28 +406,38 @@ impl<M: UnitManager> Fencer for UnitFencer<M> {
     async fn fence(&self, why: &str) {
         let shared = &self.0;
         // Flag first: the reconciler checks it before every task, so nothing new starts.
-        let desired = {
+        let (desired, leftover) = {
             let mut l = shared.local();
             l.fenced = true;
-            l.desired.clone()
+            (l.desired.clone(), l.leftover.clone())
         };
         // A reconcile task may hold the gate while systemd works through a slow job (up to
         // the job timeout): the fence must not wait behind it. A StopUnit in "replace" mode
         // supersedes a pending start, so stopping without the gate is safe.
         let _gate = tokio::time::timeout(FENCE_CALL_LIMIT, shared.gate.lock()).await.ok();
-        let names: Vec<UnitName> = desired.keys().cloned().collect();
+        let names: Vec<UnitName> = desired.keys().chain(&leftover).cloned().collect();
         let live = match tokio::time::timeout(FENCE_CALL_LIMIT, shared.manager.states(&names)).await {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("systemd did not answer within {FENCE_CALL_LIMIT:?}")),
         };
-        let stops = match live {
-            Ok(live) => fence_stops(&desired, &live.into_iter().map(|s| (s.name, s.active)).collect()),
+        // The previous process's units not (yet) in this one's schedule count as Fence=stop.
+        let leftover = leftover
+            .into_iter()
+            .filter(|n| !desired.contains_key(n) && !n.is_template());
+        let stops: Vec<UnitName> = match live {
+            Ok(live) => {
+                let active: BTreeMap<UnitName, String> = live.into_iter().map(|s| (s.name, s.active)).collect();
+                let mut stops = fence_stops(&desired, &active);
+                stops.extend(leftover.filter(|n| active.get(n).is_some_and(|a| esfleet_core::diff::is_up(a))));
+                stops
+            }
             Err(e) => {
                 tracing::error!(error = %e, "cannot read unit states while fencing; stopping every Fence=stop unit");
                 desired
                     .iter()
                     .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
                     .map(|(n, _)| n.clone())
+                    .chain(leftover)
                     .collect()
             }
         };

@@ -160,3 +160,55 @@ async fn no_leader_answers_keep_units_running() {
     drop(proxies);
     cluster.stop().await;
 }
+
+/// An agent restarted while its host is cut off from every member cannot read its
+/// schedule, yet its fence clock goes on from the previous process's last acknowledgment:
+/// the Fence=stop units that process left running are stopped (from the fence list it kept
+/// in the state dir), before the lease could expire. Fence=keep units stay up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_restarted_while_cut_off_fences_what_its_predecessor_left() {
+    init_logs();
+    let mut cluster = Cluster::start(1).await;
+    let mut c = cluster.client();
+    let id = machine_id(41);
+    let proxy = Proxy::start(cluster.members[0].client_addr).await;
+    let state = tempfile::tempdir().unwrap();
+    let cfg = || esfleet_agent::config::Config {
+        state_dir: Some(state.path().to_path_buf()),
+        ..agent_config(vec![proxy.url()], &id, fast_timing())
+    };
+    let (a, fake) = agent(cfg());
+    schedule(&mut c, &id, &entry("fenced.service", SIMPLE, Fence::Stop)).await;
+    schedule(&mut c, &id, &entry("kept.service", SIMPLE, Fence::Keep)).await;
+    eventually("both running", || {
+        let fake = fake.clone();
+        async move {
+            (live(&fake, "fenced.service").await.0 == "active" && live(&fake, "kept.service").await.0 == "active")
+                .then_some(())
+        }
+    })
+    .await;
+    // Exit without --stop-units-on-exit (units stay up), and the host is cut off.
+    a.stop().await;
+    proxy.cut();
+    let down = Instant::now();
+    // The successor, on the same systemd (the fake is shared) and state dir.
+    let b = esfleet_agent::agent::start(cfg(), fake.clone(), None);
+    eventually("the Fence=stop unit the first process left is stopped", || {
+        let fake = fake.clone();
+        async move { (live(&fake, "fenced.service").await.0 == "inactive").then_some(()) }
+    })
+    .await;
+    // TTL 2 s − margin 1 s after the first process's last acknowledgment, which was sent
+    // at most one keepalive interval (200 ms) before the cut.
+    assert!(
+        down.elapsed() < Duration::from_secs(2),
+        "fenced only {:?} after the cut",
+        down.elapsed()
+    );
+    assert!(b.status.borrow().fenced);
+    assert_eq!(live(&fake, "kept.service").await.0, "active", "Fence=keep stays up");
+    b.stop().await;
+    drop(proxy);
+    cluster.stop().await;
+}
