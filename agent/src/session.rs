@@ -22,8 +22,8 @@
 //! Losing the lease (a keepalive answered with TTL 0) stops nothing: the agent registers
 //! again on a new lease. Only the fence clock stops units.
 //!
-//! The fence clock outlives the agent process: the time of the last real acknowledgment is
-//! kept with the lease id ([`Session::with_handoff`]), so a restarted agent goes on from it
+//! The fence clock outlives the agent process: the times of the last real acknowledgment
+//! and the last answer are kept beside the lease id ([`Session::with_handoff`]), so a restarted agent goes on from it
 //! instead of granting its units a fresh window (an agent that crashes every few seconds
 //! while its host is cut off must still fence).
 
@@ -134,8 +134,10 @@ pub struct Session<L, F> {
     lease_file: Option<std::path::PathBuf>,
     /// A lease a previous agent process left behind, tried once before granting a new one.
     inherited: Option<i64>,
-    /// The lease id kept in `lease_file` (with the time of the last real acknowledgment).
+    /// The lease id kept in `lease_file`.
     kept: Option<i64>,
+    /// The last write of a handoff file failed (logged once).
+    keep_failing: bool,
     /// Revoke the lease on exit (the units were stopped); otherwise leave it to a successor.
     release_on_exit: bool,
 }
@@ -161,6 +163,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 lease_file: None,
                 inherited: None,
                 kept: None,
+                keep_failing: false,
                 release_on_exit: true,
             },
             rx,
@@ -175,15 +178,31 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     /// scheduler start every unit elsewhere while the old copies still run. If no agent comes
     /// back, the lease expires after its TTL and the machine is lost as if it had crashed.
     ///
-    /// The file also keeps when the last real acknowledgment was sent (on the boot-time
-    /// clock, which counts suspend and is shared by all processes), and the fence clock
-    /// goes on from it: the units the previous process left are fenced when that one's
+    /// `fence-clock` beside it keeps when the last real acknowledgment and the last answer
+    /// were sent (on the boot-time clock, which counts suspend and is shared by all
+    /// processes), and a new process's fence clock goes on from them: the units the previous process left are fenced when that one's
     /// would have been, not a fresh window after every restart.
     pub fn with_handoff(mut self, lease_file: std::path::PathBuf, release_on_exit: bool) -> Self {
-        let kept = std::fs::read_to_string(&lease_file).ok().map(|s| Handoff::parse(&s));
-        if let Some(kept) = kept {
-            self.inherited = kept.lease;
-            self.kept = kept.lease;
+        // The first word only: the file an agent before the fence clock wrote, and what a
+        // downgraded agent reads, is the lease id alone.
+        let lease = std::fs::read_to_string(&lease_file)
+            .ok()
+            .and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|w| i64::from_str_radix(w, 16).ok())
+            })
+            .filter(|l| *l > 0);
+        self.inherited = lease;
+        self.kept = lease;
+        let clock = std::fs::read_to_string(clock_file(&lease_file))
+            .ok()
+            .map(|s| FenceClock::parse(&s));
+        if let Some(FenceClock {
+            acked_at: Some(acked_at),
+            answered_at,
+        }) = clock
+        {
             let now = Instant::now();
             // A time older than this process can express is long overdue: fence at once.
             let overdue = now
@@ -194,9 +213,9 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                     .checked_sub(at)
                     .map(|age| now.checked_sub(age).unwrap_or(overdue))
             };
-            if let Some(acked) = kept.acked_at.and_then(since) {
+            if let Some(acked) = since(acked_at) {
                 self.last_real_ack = acked;
-                self.last_ack = kept.answered_at.and_then(since).unwrap_or(acked).max(acked);
+                self.last_ack = answered_at.and_then(since).unwrap_or(acked).max(acked);
                 self.next_keepalive = now;
                 tracing::info!(
                     acknowledged = ?now - self.last_real_ack,
@@ -211,36 +230,52 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         self
     }
 
-    /// Keeps `lease` (or none) and the last real acknowledgment for a restarted agent.
+    /// Keeps `lease` (or none) for a restarted agent.
     fn remember(&mut self, lease: Option<i64>) {
         self.kept = lease;
-        self.keep();
+        let Some(path) = self.lease_file.clone() else { return };
+        let text = format!("{:x}\n", lease.unwrap_or(0));
+        self.write_aside(&path, &text, "the lease id");
     }
 
-    fn keep(&self) {
-        let Some(path) = &self.lease_file else { return };
+    /// Keeps the fence clock for a restarted agent (on every acknowledgment or answer).
+    fn keep(&mut self) {
+        let Some(path) = self.lease_file.as_deref().map(clock_file) else {
+            return;
+        };
         let now = boot_clock();
-        let handoff = Handoff {
-            lease: self.kept,
+        let clock = FenceClock {
             acked_at: now.checked_sub(self.last_real_ack.elapsed()),
             answered_at: now.checked_sub(self.last_ack.elapsed()),
         };
-        // Written aside and renamed, so a crash mid-write never leaves half a record.
+        self.write_aside(&path, &clock.render(), "the fence clock");
+    }
+
+    /// Writes `text` aside and renames it over `path`, so a crash mid-write never leaves
+    /// half a record. A failure is logged once, until a write succeeds again.
+    fn write_aside(&mut self, path: &std::path::Path, text: &str, what: &str) {
         let tmp = path.with_extension("new");
         let res = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
-            .and_then(|_| std::fs::write(&tmp, handoff.render()))
+            .and_then(|_| std::fs::write(&tmp, text))
             .and_then(|_| std::fs::rename(&tmp, path));
-        if let Err(e) = res {
-            tracing::warn!(path = %path.display(), error = %e, "cannot keep the lease id for a restarted agent");
+        match res {
+            Ok(()) => self.keep_failing = false,
+            Err(e) if !self.keep_failing => {
+                self.keep_failing = true;
+                tracing::warn!(path = %path.display(), error = %e, "cannot keep {what} for a restarted agent");
+            }
+            Err(_) => {}
         }
     }
 
     /// Forgets the lease and the fence clock: the units were stopped on exit.
     fn forget(&self) {
         let Some(path) = &self.lease_file else { return };
-        if let Err(e) = std::fs::remove_file(path) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(path = %path.display(), error = %e, "cannot remove the lease file");
+        for path in [path.clone(), clock_file(path)] {
+            if let Err(e) = std::fs::remove_file(&path) {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot remove a handoff file");
+                }
             }
         }
     }
@@ -551,35 +586,32 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     }
 }
 
-/// What the lease file holds: `<lease id, hex, or 0> <boot-clock ms of the last real
-/// acknowledgment> <boot-clock ms of the last acknowledgment or "no leader">`. A file an
-/// older agent wrote holds the lease id alone.
+/// Where the fence clock is kept: `fence-clock` beside the lease file, so that the lease
+/// file stays what older agents read.
+fn clock_file(lease_file: &std::path::Path) -> std::path::PathBuf {
+    lease_file.with_file_name("fence-clock")
+}
+
+/// What the fence-clock file holds: `<boot-clock ms of the last real acknowledgment>
+/// <boot-clock ms of the last acknowledgment or "no leader" answer>`.
 #[derive(Debug, PartialEq, Eq)]
-struct Handoff {
-    lease: Option<i64>,
+struct FenceClock {
     acked_at: Option<Duration>,
     answered_at: Option<Duration>,
 }
 
-impl Handoff {
-    fn parse(s: &str) -> Handoff {
-        let mut words = s.split_whitespace();
-        Handoff {
-            lease: words
-                .next()
-                .and_then(|w| i64::from_str_radix(w, 16).ok())
-                .filter(|l| *l > 0),
-            acked_at: words.next().and_then(|w| w.parse().ok()).map(Duration::from_millis),
-            answered_at: words.next().and_then(|w| w.parse().ok()).map(Duration::from_millis),
+impl FenceClock {
+    fn parse(s: &str) -> FenceClock {
+        let mut words = s.split_whitespace().map(|w| w.parse().ok().map(Duration::from_millis));
+        FenceClock {
+            acked_at: words.next().flatten(),
+            answered_at: words.next().flatten(),
         }
     }
 
     fn render(&self) -> String {
-        let mut line = format!("{:x}", self.lease.unwrap_or(0));
-        for at in [self.acked_at, self.answered_at].into_iter().map_while(|at| at) {
-            line += &format!(" {}", at.as_millis());
-        }
-        line + "\n"
+        let ms = |at: Option<Duration>| at.map_or("-".to_string(), |at| at.as_millis().to_string());
+        format!("{} {}\n", ms(self.acked_at), ms(self.answered_at))
     }
 }
 
@@ -843,8 +875,11 @@ mod tests {
         // Last real acknowledgment at 2 s (keepalives every second from 0 s), by the
         // first process; the grace less the margin is 29 s.
         assert_eq!(fences.0.lock().unwrap()[..], [t0 + Duration::from_secs(2 + 29)]);
-        let kept = Handoff::parse(&std::fs::read_to_string(&file.0).unwrap());
-        assert_eq!(kept.lease, Some(1));
+        assert_eq!(
+            std::fs::read_to_string(&file.0).unwrap(),
+            "1\n",
+            "the lease file holds the lease id alone, as older agents read it"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -852,16 +887,12 @@ mod tests {
         let file = LeaseFile::new("late");
         std::fs::create_dir_all(file.0.parent().unwrap()).unwrap();
         let acked_at = boot_clock() - Duration::from_secs(300);
-        std::fs::write(
-            &file.0,
-            Handoff {
-                lease: Some(9),
-                acked_at: Some(acked_at),
-                answered_at: Some(acked_at + Duration::from_secs(200)),
-            }
-            .render(),
-        )
-        .unwrap();
+        std::fs::write(&file.0, "9\n").unwrap();
+        let clock = FenceClock {
+            acked_at: Some(acked_at),
+            answered_at: Some(acked_at + Duration::from_secs(200)),
+        };
+        std::fs::write(clock_file(&file.0), clock.render()).unwrap();
         let script = Script::default();
         script.answers.lock().unwrap().push_back((Duration::ZERO, Answer::Down));
         script.now();
@@ -879,30 +910,26 @@ mod tests {
     }
 
     #[test]
-    fn the_lease_file_reads_what_it_wrote_and_what_older_agents_wrote() {
+    fn the_fence_clock_file_reads_what_it_wrote() {
         let ms = |n| Some(Duration::from_millis(n));
-        let h = Handoff {
-            lease: Some(0x2a),
+        let c = FenceClock {
             acked_at: ms(123_456),
             answered_at: ms(124_000),
         };
-        assert_eq!(h.render(), "2a 123456 124000\n");
-        assert_eq!(Handoff::parse(&h.render()), h);
-        let old = Handoff {
-            lease: Some(0x2a),
-            acked_at: None,
+        assert_eq!(c.render(), "123456 124000\n");
+        assert_eq!(FenceClock::parse(&c.render()), c);
+        let half = FenceClock {
+            acked_at: ms(5),
             answered_at: None,
         };
-        assert_eq!(Handoff::parse("2a\n"), old, "an older agent's file: the lease alone");
-        assert_eq!(old.render(), "2a\n");
-        let unleased = Handoff {
-            lease: None,
-            acked_at: ms(5),
-            answered_at: ms(6),
-        };
-        assert_eq!(Handoff::parse("0 5 6\n"), unleased);
-        let garbled = Handoff::parse("zz 1x");
-        assert_eq!((garbled.lease, garbled.acked_at), (None, None));
+        assert_eq!(FenceClock::parse(&half.render()), half);
+        assert_eq!(
+            FenceClock::parse("zz"),
+            FenceClock {
+                acked_at: None,
+                answered_at: None
+            }
+        );
         let a = real_boot_clock();
         assert!(real_boot_clock() >= a && a > Duration::ZERO);
     }
