@@ -21,6 +21,7 @@ use esfleet_proto::raft::{internal_request, InternalRequest};
 use tokio::time::Instant;
 use tonic::{Code, Status};
 
+use crate::memo::Memo;
 use crate::node::{no_leader, Node, Route};
 use crate::store::state_machine::LeaseObserver;
 
@@ -70,23 +71,28 @@ impl Inner {
 /// it before it learns of its removal, so it says "no leader" to its agents.
 #[derive(Default)]
 struct Removed {
-    /// The members of the last tick.
-    members: Vec<u64>,
+    /// The members of the last tick (none yet: the first tick notes no removal).
+    members: Option<Vec<u64>>,
     left: HashMap<u64, Instant>,
+    /// `left` changed since it was last kept.
+    changed: bool,
 }
 
 impl Removed {
     /// The members to watch now: the current ones, and those that left within `keep`.
     fn watched(&mut self, members: &[u64], now: Instant, keep: Duration) -> Vec<u64> {
-        for gone in self.members.iter().filter(|id| !members.contains(id)) {
+        let before = self.left.len();
+        for gone in self.members.iter().flatten().filter(|id| !members.contains(id)) {
             self.left.insert(*gone, now);
+            self.changed = true;
         }
         for back in members {
             self.left.remove(back);
         }
         self.left.retain(|_, at| now.saturating_duration_since(*at) < keep);
-        self.members = members.to_vec();
-        let mut watched = self.members.clone();
+        self.changed |= self.left.len() != before;
+        self.members = Some(members.to_vec());
+        let mut watched = members.to_vec();
         watched.extend(self.left.keys().copied());
         watched
     }
@@ -152,7 +158,7 @@ impl LeaseKeeper {
     /// A keepalive on the leader: the lease's new TTL, or 0 if it does not exist.
     pub fn keep_alive_local(&self, node: &Node, id: i64) -> Result<i64, Status> {
         if !node.is_leader_with_quorum() {
-            return Err(no_leader());
+            return Err(node.without_quorum());
         }
         let mut i = self.inner.lock().expect("poisoned");
         let Some(ttl) = i.ttl.get(&id).copied() else {
@@ -292,13 +298,22 @@ impl LeaseKeeper {
     }
 
     /// The leader's expiry loop; runs on every member, acts only while leading.
-    pub async fn run(self: Arc<Self>, node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    /// `memo`: where the removals this member saw are kept for a restart.
+    pub async fn run(
+        self: Arc<Self>,
+        node: Arc<Node>,
+        memo: Option<Memo>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut doubted: Vec<u64> = Vec::new();
         let mut leading_since: Option<(u64, Instant)> = None;
         // Members seen in the membership, and those that left it, with when: a removed
         // member that still runs may say "no leader" for [`NO_LEADER_SPAN`].
-        let mut removed = Removed::default();
+        let mut removed = Removed {
+            left: memo.as_ref().map(Memo::removed).unwrap_or_default(),
+            ..Removed::default()
+        };
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -322,9 +337,6 @@ impl LeaseKeeper {
                 let watched = removed.watched(&members, now, NO_LEADER_SPAN + node.election_timeout);
                 let unconfirmed = match leading {
                     Some(_) => {
-                        // The leader hears itself: once it steps down, its silence counts
-                        // from now, not from before it led.
-                        node.heard_from_leader(node.id);
                         let since = now - node.election_timeout / 2;
                         node.peers.contacts.unconfirmed(watched, m.vote.leader_id(), since)
                     }
@@ -332,6 +344,17 @@ impl LeaseKeeper {
                 };
                 (leading, unconfirmed)
             };
+            if removed.changed {
+                removed.changed = false;
+                if let Some(memo) = &memo {
+                    memo.keep_removed(&removed.left);
+                }
+            }
+            // A leader with a quorum hears itself: once it loses the quorum or steps down,
+            // its silence counts from then ([`Node::without_quorum`], [`Node::route`]).
+            if leading.is_some() && node.is_leader_with_quorum() {
+                node.heard_from_leader(node.id);
+            }
             // Right after a takeover no member has answered yet; say nothing about that.
             match (leading, leading_since) {
                 (Some(term), Some((t, _))) if t == term => {}

@@ -11,6 +11,7 @@ pub mod compactor;
 pub mod config;
 pub mod fleet;
 pub mod lease;
+pub mod memo;
 pub mod node;
 pub mod peer;
 pub mod scheduler;

@@ -44,7 +44,9 @@ pub struct Node {
     lease_ids: AtomicI64,
     /// The leader whose AppendEntries or snapshot this member last accepted (none yet),
     /// and when; the member's start until it hears one.
-    heard: std::sync::Mutex<(Option<u64>, tokio::time::Instant)>,
+    heard: std::sync::Mutex<Heard>,
+    /// Where `heard` is kept for a restart within the boot.
+    memo: Option<crate::memo::Memo>,
 }
 
 /// Where a request for the leader goes.
@@ -62,9 +64,21 @@ struct Hearing {
     leading: bool,
     /// The leader openraft names, with its peer URL if this member's config has it.
     named: Option<(u64, Option<String>)>,
-    /// The leader this member last accepted a message from, and how long ago.
+    /// The leader this process last accepted a message from.
     heard: Option<u64>,
-    silent_for: Duration,
+    /// How long since this member (this process, or an earlier one of this boot,
+    /// [`crate::memo`]) last heard from a leader; `None`: not as far as it knows.
+    silent_for: Option<Duration>,
+}
+
+/// When this member last heard from a leader.
+struct Heard {
+    /// The leader, as heard by this process.
+    leader: Option<u64>,
+    /// When (possibly by an earlier process of this boot).
+    at: Option<tokio::time::Instant>,
+    /// When `at` was last written to the memo (at most once a second).
+    kept: Option<tokio::time::Instant>,
 }
 
 /// The one place that decides between "there is no leader" and a plain error, for every
@@ -75,11 +89,10 @@ struct Hearing {
 /// before expiring leases ([`crate::lease`]): once it has heard from no leader for an
 /// election timeout (a leader that many heartbeats without this member's answer doubts
 /// it), and for no longer than [`crate::lease::NO_LEADER_SPAN`] (a removed member is
-/// doubted only that long after its removal). Anything else that fails is a plain error,
-/// on which the agent tries another member and gets no credit:
-/// - started and not heard from any leader since: it may have been removed, and been
-///   watched for the span already, before it restarted; or it was never added. (The cost:
-///   a member restarted during a quorum outage gives agents no credit; the others do.)
+/// doubted only that long after its removal). The clock survives a restart within the
+/// boot ([`crate::memo`]). Anything else that fails is a plain error, on which the agent
+/// tries another member and gets no credit:
+/// - never heard from a leader, as far as it knows (new, or restarted after a reboot);
 /// - hearing a leader whose address this member's config lacks yet;
 /// - openraft names a leader other than the one last heard (an election just ended);
 /// - silent for longer than the span: cut off for long, or removed from the cluster.
@@ -87,14 +100,15 @@ fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Rout
     if h.leading {
         return Ok(Route::Here);
     }
-    if h.silent_for > election_timeout + span {
-        return Err(Status::unavailable(format!(
-            "this member has not heard from a leader for {:.0?}: it is cut off from the others, or no \
-             longer a member; try another member",
-            h.silent_for
-        )));
+    let Some(silent_for) = h.silent_for else {
+        return Err(Status::unavailable(
+            "this member has not heard from a leader since it started; try another member",
+        ));
+    };
+    if silent_for > election_timeout + span {
+        return Err(past_the_span(silent_for));
     }
-    if h.silent_for > election_timeout && h.heard.is_some() {
+    if silent_for > election_timeout {
         return Err(no_leader());
     }
     match (&h.named, h.heard) {
@@ -102,13 +116,17 @@ fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Rout
         (Some((named, None)), Some(heard)) if *named == heard => Err(Status::unavailable(format!(
             "this member follows leader {named:x} but has not yet learnt its address; try another member"
         ))),
-        (_, None) => Err(Status::unavailable(
-            "this member has not heard from a leader since it started; try another member",
-        )),
         _ => Err(Status::unavailable(
             "this member is between leaders (an election just ended); try again, or try another member",
         )),
     }
+}
+
+fn past_the_span(silent_for: Duration) -> Status {
+    Status::unavailable(format!(
+        "this member has not heard from a leader for {silent_for:.0?}: it is cut off from the others, or no \
+         longer a member; try another member"
+    ))
 }
 
 /// The error etcd clients recognise when no leader is known.
@@ -144,6 +162,7 @@ impl Node {
         leases: Arc<LeaseKeeper>,
         request_timeout: Duration,
         election_timeout: Duration,
+        memo: Option<crate::memo::Memo>,
     ) -> Self {
         let seed = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -165,18 +184,47 @@ impl Node {
             request_timeout,
             election_timeout,
             lease_ids: AtomicI64::new(lease_seed.max(1)),
-            heard: std::sync::Mutex::new((None, tokio::time::Instant::now())),
+            heard: std::sync::Mutex::new(Heard {
+                leader: None,
+                at: memo.as_ref().and_then(|m| m.heard()),
+                kept: None,
+            }),
+            memo,
         }
     }
 
-    /// Notes that this member just accepted a message from `leader`.
+    /// Notes that this member just accepted a message from `leader` (or, for its own
+    /// id, that it leads with a quorum).
     pub fn heard_from_leader(&self, leader: u64) {
-        *self.heard.lock().expect("poisoned") = (Some(leader), tokio::time::Instant::now());
+        let now = tokio::time::Instant::now();
+        let mut h = self.heard.lock().expect("poisoned");
+        h.leader = Some(leader);
+        h.at = Some(now);
+        if h.kept.is_none_or(|k| now - k >= Duration::from_secs(1)) {
+            h.kept = Some(now);
+            if let Some(memo) = &self.memo {
+                // Up to a second old when read back: the span then ends earlier, never later.
+                memo.keep_heard(now);
+            }
+        }
+    }
+
+    /// What a leader without a quorum answers: "no leader", like a follower cut off, for
+    /// no longer than a follower would say it; a plain error after.
+    pub fn without_quorum(&self) -> Status {
+        let silent_for = self.heard.lock().expect("poisoned").at.map(|at| at.elapsed());
+        match silent_for {
+            Some(s) if s > self.election_timeout + crate::lease::NO_LEADER_SPAN => past_the_span(s),
+            _ => no_leader(),
+        }
     }
 
     /// Where a request for the leader goes now, or the error to answer with ([`route`]).
     pub fn route(&self) -> Result<Route, Status> {
-        let (heard, at) = *self.heard.lock().expect("poisoned");
+        let (heard, at) = {
+            let h = self.heard.lock().expect("poisoned");
+            (h.leader, h.at)
+        };
         let hearing = {
             let m = self.raft.metrics();
             let m = m.borrow();
@@ -191,7 +239,7 @@ impl Node {
                     (id, url)
                 }),
                 heard,
-                silent_for: at.elapsed(),
+                silent_for: at.map(|at| at.elapsed()),
             }
         };
         route(&hearing, self.election_timeout, crate::lease::NO_LEADER_SPAN)
@@ -479,7 +527,7 @@ mod tests {
             leading: false,
             named: named.map(|(id, url)| (id, url.map(String::from))),
             heard,
-            silent_for: Duration::from_millis(silent_ms),
+            silent_for: Some(Duration::from_millis(silent_ms)),
         }
     }
 
@@ -516,12 +564,16 @@ mod tests {
 
     #[test]
     fn an_unsure_follower_answers_with_a_plain_error_not_no_leader() {
-        // Started and heard nobody since, however long ago: it may be a removed member
-        // restarted after the leader stopped watching it.
-        for silent_ms in [300, 5_000, 100_000] {
-            let r = route(&hearing(None, None, silent_ms), ET, SPAN);
-            assert!(plain_error(&r), "{r:?}");
-        }
+        // Never heard from a leader, as far as it knows: new, or restarted after a reboot.
+        let mut h = hearing(None, None, 0);
+        h.silent_for = None;
+        let r = route(&h, ET, SPAN);
+        assert!(plain_error(&r), "{r:?}");
+        // Restarted within the boot: the silence an earlier process kept goes on (the
+        // leader's id is not kept).
+        assert!(says_no_leader(&route(&hearing(None, None, 5_000), ET, SPAN)));
+        assert!(plain_error(&route(&hearing(None, None, 500), ET, SPAN)));
+        assert!(plain_error(&route(&hearing(None, None, 61_001), ET, SPAN)));
         // Hears a leader its (lagging) config does not list: the leader watches it.
         let r = route(&hearing(Some((4, None)), Some(4), 100), ET, SPAN);
         assert!(plain_error(&r) && r.unwrap_err().message().contains("address"));

@@ -137,6 +137,7 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         keeper.clone(),
         Duration::from_secs(5) + 2 * cfg.election_timeout,
         cfg.election_timeout,
+        Some(crate::memo::Memo::new(&cfg.data_dir)),
     ));
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -223,7 +224,8 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         }
     }));
 
-    tasks.push(tokio::spawn(keeper.run(node.clone(), stop_rx.clone())));
+    let memo = Some(crate::memo::Memo::new(&cfg.data_dir));
+    tasks.push(tokio::spawn(keeper.run(node.clone(), memo, stop_rx.clone())));
     tasks.push(tokio::spawn(promote_learners(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(crate::compactor::run(
         node.clone(),
