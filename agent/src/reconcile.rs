@@ -118,21 +118,32 @@ impl<M: UnitManager> Shared<M> {
         l.fence_file = Some((path, None));
     }
 
-    /// Writes the fence list when the `Fence=stop` units in `desired` changed.
+    /// Writes the fence list when it changed: the `Fence=stop` units in `desired`, and
+    /// those of the last list (or the previous process's) that left the schedule but are
+    /// still installed (their stop may not have run yet).
     fn write_fence_list(&self, desired: &BTreeMap<UnitName, ScheduleEntry>) {
-        let stop: BTreeSet<UnitName> = desired
-            .iter()
-            .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
-            .map(|(n, _)| n.clone())
-            .collect();
-        let path = {
+        let (path, stop) = {
             let mut l = self.local();
+            let Some((path, written)) = &l.fence_file else { return };
+            let path = path.clone();
+            let still: Vec<UnitName> = written
+                .iter()
+                .flatten()
+                .chain(&l.leftover)
+                .filter(|n| !desired.contains_key(*n) && l.installed.contains_key(*n))
+                .cloned()
+                .collect();
+            let stop: BTreeSet<UnitName> = desired
+                .iter()
+                .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
+                .map(|(n, _)| n.clone())
+                .chain(still)
+                .collect();
             l.leftover.clear(); // the schedule is known now
-            match &l.fence_file {
-                Some((_, Some(written))) if *written == stop => return,
-                Some((path, _)) => path.clone(),
-                None => return,
+            if matches!(&l.fence_file, Some((_, Some(w))) if *w == stop) {
+                return;
             }
+            (path, stop)
         };
         let text: String = stop.iter().map(|n| format!("{n}\n")).collect();
         let tmp = path.with_extension("new");
@@ -420,10 +431,15 @@ impl<M: UnitManager> Fencer for UnitFencer<M> {
             Ok(r) => r.map_err(|e| e.to_string()),
             Err(_) => Err(format!("systemd did not answer within {FENCE_CALL_LIMIT:?}")),
         };
-        // The previous process's units not (yet) in this one's schedule count as Fence=stop.
+        // The previous process's units not (yet) in this one's schedule count as Fence=stop,
+        // if they are units the agent installed (the list is only a file under /run).
+        let ours = match tokio::time::timeout(FENCE_CALL_LIMIT, shared.manager.installed()).await {
+            Ok(Ok(ours)) => Some(ours.into_iter().collect::<BTreeSet<_>>()),
+            _ => None,
+        };
         let leftover = leftover
             .into_iter()
-            .filter(|n| !desired.contains_key(n) && !n.is_template());
+            .filter(|n| !desired.contains_key(n) && !n.is_template() && ours.as_ref().is_none_or(|o| o.contains(n)));
         let stops: Vec<UnitName> = match live {
             Ok(live) => {
                 let active: BTreeMap<UnitName, String> = live.into_iter().map(|s| (s.name, s.active)).collect();

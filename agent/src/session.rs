@@ -138,6 +138,12 @@ pub struct Session<L, F> {
     kept: Option<i64>,
     /// The last write of a handoff file failed (logged once).
     keep_failing: bool,
+    /// This boot's id, for the fence-clock file.
+    boot: String,
+    /// The fence clock restored from a previous process is already overdue, and that
+    /// process left a lease: renew it once before fencing (a live lease means the units
+    /// were not moved; the clock file may be stale, left by an agent too old to keep it).
+    verify_first: bool,
     /// Revoke the lease on exit (the units were stopped); otherwise leave it to a successor.
     release_on_exit: bool,
 }
@@ -164,6 +170,8 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 inherited: None,
                 kept: None,
                 keep_failing: false,
+                boot: String::new(),
+                verify_first: false,
                 release_on_exit: true,
             },
             rx,
@@ -198,10 +206,12 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         let clock = std::fs::read_to_string(clock_file(&lease_file))
             .ok()
             .map(|s| FenceClock::parse(&s));
+        self.boot = boot_id();
         if let Some(FenceClock {
             acked_at: Some(acked_at),
             answered_at,
-        }) = clock
+            ..
+        }) = clock.filter(|c| c.boot != "-" && c.boot == self.boot)
         {
             let now = Instant::now();
             // A time older than this process can express is long overdue: fence at once.
@@ -223,6 +233,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                     "a previous agent process was last acknowledged (and last answered) this long ago; \
                      the fence clock goes on from then"
                 );
+                self.verify_first = self.inherited.is_some() && self.fence_at() <= now;
             }
         }
         self.lease_file = Some(lease_file);
@@ -245,6 +256,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         };
         let now = boot_clock();
         let clock = FenceClock {
+            boot: self.boot.clone(),
             acked_at: now.checked_sub(self.last_real_ack.elapsed()),
             answered_at: now.checked_sub(self.last_ack.elapsed()),
         };
@@ -318,6 +330,11 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
 
     /// Advances the loop by one step: one request (or one wait), and the next phase.
     pub async fn step(&mut self, phase: Phase) -> Phase {
+        if std::mem::take(&mut self.verify_first) {
+            if let Some(next) = self.renew_inherited_once().await {
+                return next;
+            }
+        }
         if !matches!(phase, Phase::Fenced { .. }) && Instant::now() >= self.fence_at() {
             let now = Instant::now();
             let why = if now >= self.last_ack + self.timing.fence_after() {
@@ -371,6 +388,27 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 self.next_keepalive = Instant::now() + self.timing.keepalive;
                 self.connect(phase).await
             }
+        }
+    }
+
+    /// One renewal of the previous process's lease, given one keepalive interval, before
+    /// an overdue restored fence clock fences: if the lease is alive, its units were not
+    /// moved, and the clock is taken as acknowledged.
+    async fn renew_inherited_once(&mut self) -> Option<Phase> {
+        let lease = self.inherited?;
+        let sent = Instant::now();
+        match tokio::time::timeout(self.timing.keepalive, self.api.keep_alive(lease)).await {
+            Ok(Ok(ttl)) if ttl > 0 => {
+                self.inherited = None;
+                self.acked(sent);
+                self.next_keepalive = sent + self.timing.keepalive;
+                tracing::info!(
+                    lease = format!("{lease:x}"),
+                    "the previous agent's lease is alive: its fence clock was stale; taking the lease over"
+                );
+                Some(Phase::Registering { lease })
+            }
+            _ => None,
         }
     }
 
@@ -592,27 +630,41 @@ fn clock_file(lease_file: &std::path::Path) -> std::path::PathBuf {
     lease_file.with_file_name("fence-clock")
 }
 
-/// What the fence-clock file holds: `<boot-clock ms of the last real acknowledgment>
-/// <boot-clock ms of the last acknowledgment or "no leader" answer>`.
+/// What the fence-clock file holds: `<boot id> <boot-clock ms of the last real
+/// acknowledgment> <boot-clock ms of the last acknowledgment or "no leader" answer>`. Times
+/// of another boot (a state dir on a persistent disk) are not read.
 #[derive(Debug, PartialEq, Eq)]
 struct FenceClock {
+    boot: String,
     acked_at: Option<Duration>,
     answered_at: Option<Duration>,
 }
 
 impl FenceClock {
     fn parse(s: &str) -> FenceClock {
-        let mut words = s.split_whitespace().map(|w| w.parse().ok().map(Duration::from_millis));
+        let mut words = s.split_whitespace();
+        let boot = words.next().unwrap_or("").to_string();
+        let mut times = words.map(|w| w.parse().ok().map(Duration::from_millis));
         FenceClock {
-            acked_at: words.next().flatten(),
-            answered_at: words.next().flatten(),
+            boot,
+            acked_at: times.next().flatten(),
+            answered_at: times.next().flatten(),
         }
     }
 
     fn render(&self) -> String {
         let ms = |at: Option<Duration>| at.map_or("-".to_string(), |at| at.as_millis().to_string());
-        format!("{} {}\n", ms(self.acked_at), ms(self.answered_at))
+        format!("{} {} {}\n", self.boot, ms(self.acked_at), ms(self.answered_at))
     }
+}
+
+/// This boot's id (`-` if the kernel does not say: then no time is ever read back).
+fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty() && !s.contains(char::is_whitespace))
+        .unwrap_or_else(|| "-".to_string())
 }
 
 /// Time since boot, suspend included (`CLOCK_BOOTTIME`): one clock for every process of
@@ -889,6 +941,7 @@ mod tests {
         let acked_at = boot_clock() - Duration::from_secs(300);
         std::fs::write(&file.0, "9\n").unwrap();
         let clock = FenceClock {
+            boot: boot_id(),
             acked_at: Some(acked_at),
             answered_at: Some(acked_at + Duration::from_secs(200)),
         };
@@ -909,27 +962,72 @@ mod tests {
         );
     }
 
+    /// Writes a lease file for lease 9 and a fence clock last acknowledged `ago` on `boot`.
+    fn stale_handoff(file: &LeaseFile, boot: String, ago: Duration) {
+        std::fs::create_dir_all(file.0.parent().unwrap()).unwrap();
+        std::fs::write(&file.0, "9\n").unwrap();
+        let at = boot_clock() - ago;
+        let clock = FenceClock {
+            boot,
+            acked_at: Some(at),
+            answered_at: Some(at),
+        };
+        std::fs::write(clock_file(&file.0), clock.render()).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_fence_clock_with_a_live_lease_fences_nothing() {
+        // E.g. left by this agent before a downgrade to one that does not keep the clock.
+        let file = LeaseFile::new("stale");
+        stale_handoff(&file, boot_id(), Duration::from_secs(300));
+        let script = Script::default();
+        script.now();
+        let fences = Log::default();
+        let (s, _status) = session(&script, &fences);
+        let mut s = s.with_handoff(file.0.clone(), false);
+        let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_secs(3)).await;
+        assert!(fences.0.lock().unwrap().is_empty(), "{seen:?}");
+        assert_eq!(phase, Phase::Registered { lease: 9 }, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fence_clock_of_another_boot_is_not_read() {
+        let file = LeaseFile::new("reboot");
+        stale_handoff(&file, "another-boot".into(), Duration::from_secs(300));
+        let script = Script::default();
+        script.answers.lock().unwrap().push_back((Duration::ZERO, Answer::Down));
+        script.now();
+        let fences = Log::default();
+        let t0 = Instant::now();
+        let (s, _status) = session(&script, &fences);
+        let mut s = s.with_handoff(file.0.clone(), false);
+        drive(&mut s, Phase::Connecting, Duration::from_secs(6)).await;
+        assert_eq!(
+            fences.0.lock().unwrap()[..],
+            [t0 + Duration::from_secs(4)],
+            "a fresh clock: TTL − margin after the start"
+        );
+    }
+
     #[test]
     fn the_fence_clock_file_reads_what_it_wrote() {
         let ms = |n| Some(Duration::from_millis(n));
         let c = FenceClock {
+            boot: "b1".into(),
             acked_at: ms(123_456),
             answered_at: ms(124_000),
         };
-        assert_eq!(c.render(), "123456 124000\n");
+        assert_eq!(c.render(), "b1 123456 124000\n");
         assert_eq!(FenceClock::parse(&c.render()), c);
         let half = FenceClock {
+            boot: "b1".into(),
             acked_at: ms(5),
             answered_at: None,
         };
         assert_eq!(FenceClock::parse(&half.render()), half);
-        assert_eq!(
-            FenceClock::parse("zz"),
-            FenceClock {
-                acked_at: None,
-                answered_at: None
-            }
-        );
+        let garbled = FenceClock::parse("b1 zz");
+        assert_eq!((garbled.acked_at, garbled.answered_at), (None, None));
+        assert!(!boot_id().contains(char::is_whitespace) && !boot_id().is_empty());
         let a = real_boot_clock();
         assert!(real_boot_clock() >= a && a > Duration::ZERO);
     }
