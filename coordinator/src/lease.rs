@@ -47,7 +47,13 @@ struct Inner {
     leading_term: Option<u64>,
     /// Revocations proposed and not yet applied, with when to try again.
     revoking: HashMap<i64, Instant>,
+    /// How long a proposed revocation is given before it is proposed again (set to the
+    /// request timeout the proposal is bounded by, so they never pile up).
+    retry: Duration,
 }
+
+/// Revocations proposed per 100 ms tick at most.
+const MAX_REVOKES_PER_TICK: usize = 100;
 
 impl Inner {
     /// When lease `id` expires: a TTL after its renewal, unless a member may have been
@@ -71,7 +77,8 @@ impl Inner {
 /// it before it learns of its removal, so it says "no leader" to its agents.
 #[derive(Default)]
 struct Removed {
-    /// The members of the last tick (none yet: the first tick notes no removal).
+    /// The members of the last tick, or kept by an earlier process (none: the first tick
+    /// notes no removal).
     members: Option<Vec<u64>>,
     left: HashMap<u64, Instant>,
     /// `left` changed since it was last kept.
@@ -140,6 +147,7 @@ impl LeaseKeeper {
                 last_doubt: Instant::now(),
                 leading_term: None,
                 revoking: HashMap::new(),
+                retry: Duration::from_secs(2),
             }),
             min_ttl: min_ttl.max(1),
         };
@@ -283,18 +291,21 @@ impl LeaseKeeper {
         if in_doubt {
             i.last_doubt = now;
         }
-        let expired: Vec<i64> = i
+        let mut expired: Vec<(Instant, i64)> = i
             .ttl
             .keys()
-            .filter(|id| {
-                i.expires_at(**id).is_some_and(|d| d <= now) && i.revoking.get(id).is_none_or(|retry| *retry <= now)
-            })
-            .copied()
+            .filter(|id| i.revoking.get(id).is_none_or(|retry| *retry <= now))
+            .filter_map(|id| i.expires_at(*id).filter(|d| *d <= now).map(|d| (d, *id)))
             .collect();
-        for id in &expired {
-            i.revoking.insert(*id, now + Duration::from_secs(2));
+        // The longest expired first, and a bounded number per tick (etcd revokes at most
+        // 1,000 leases a second): a mass expiry must not flood the log it waits on.
+        expired.sort_unstable();
+        expired.truncate(MAX_REVOKES_PER_TICK);
+        let retry = now + i.retry;
+        for (_, id) in &expired {
+            i.revoking.insert(*id, retry);
         }
-        expired
+        expired.into_iter().map(|(_, id)| id).collect()
     }
 
     /// The leader's expiry loop; runs on every member, acts only while leading.
@@ -312,8 +323,11 @@ impl LeaseKeeper {
         // member that still runs may say "no leader" for [`NO_LEADER_SPAN`].
         let mut removed = Removed {
             left: memo.as_ref().map(Memo::removed).unwrap_or_default(),
+            members: memo.as_ref().and_then(Memo::members),
             ..Removed::default()
         };
+        let mut kept_members = removed.members.clone();
+        self.inner.lock().expect("poisoned").retry = node.request_timeout + Duration::from_secs(1);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -344,10 +358,12 @@ impl LeaseKeeper {
                 };
                 (leading, unconfirmed)
             };
-            if removed.changed {
-                removed.changed = false;
-                if let Some(memo) = &memo {
-                    memo.keep_removed(&removed.left);
+            if let Some(memo) = &memo {
+                if removed.changed && memo.keep_removed(&removed.left) {
+                    removed.changed = false;
+                }
+                if removed.members != kept_members && memo.keep_members(removed.members.as_deref().unwrap_or(&[])) {
+                    kept_members = removed.members.clone();
                 }
             }
             // A leader with a quorum hears itself: once it loses the quorum or steps down,
@@ -507,6 +523,26 @@ mod tests {
         assert_eq!(k.grant_ttl(1).unwrap(), 2);
         assert_eq!(k.grant_ttl(60).unwrap(), 60);
         assert!(k.grant_ttl(MAX_TTL + 1).is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_mass_expiry_is_revoked_a_bounded_number_at_a_time_longest_expired_first() {
+        let mut leases: Vec<(i64, i64)> = (1..=250).map(|id| (id, 5)).collect();
+        leases.push((1000, 2)); // expires first
+        let k = LeaseKeeper::new(Duration::from_secs(1), leases);
+        assert!(k.tick(Some(3), false).is_empty(), "taking over");
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let first = k.tick(Some(3), false);
+        assert_eq!(first.len(), MAX_REVOKES_PER_TICK);
+        assert_eq!(first[0], 1000, "the longest expired first");
+        let second = k.tick(Some(3), false);
+        let third = k.tick(Some(3), false);
+        assert_eq!((second.len(), third.len()), (100, 51));
+        let mut all: Vec<i64> = first.into_iter().chain(second).chain(third).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), 251, "each once");
+        assert!(k.tick(Some(3), false).is_empty(), "all in flight");
     }
 
     #[tokio::test(start_paused = true)]

@@ -38,13 +38,17 @@ fn from_boot_clock(ms: &str, boot: &str, this_boot: &str) -> Option<Instant> {
     if boot.is_empty() || boot != this_boot {
         return None;
     }
+    // `now` before the boot clock: the time read back is older, never newer.
+    let now = Instant::now();
     let age = boot_clock().checked_sub(Duration::from_millis(ms.parse().ok()?))?;
-    Instant::now().checked_sub(age)
+    now.checked_sub(age)
 }
 
 pub struct Memo {
     dir: PathBuf,
     boot: String,
+    /// A write failed and was logged; quiet until one succeeds.
+    failing: std::sync::atomic::AtomicBool,
 }
 
 impl Memo {
@@ -52,6 +56,7 @@ impl Memo {
         Memo {
             dir: dir.to_path_buf(),
             boot: boot_id(),
+            failing: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -64,7 +69,7 @@ impl Memo {
     }
 
     pub fn keep_heard(&self, at: Instant) {
-        self.write("heard", &format!("{} {}\n", self.boot, on_boot_clock(at)));
+        self.write("heard", &format!("{} {}\n", self.boot, on_boot_clock(at)), false);
     }
 
     /// The members this member saw leave, with when; those of an earlier boot as if they
@@ -83,20 +88,57 @@ impl Memo {
             .collect()
     }
 
-    pub fn keep_removed(&self, left: &HashMap<u64, Instant>) {
+    /// Keeps the removals (synced: rare, and a reboot must not lose them); false if the
+    /// write failed.
+    pub fn keep_removed(&self, left: &HashMap<u64, Instant>) -> bool {
         let text: String = left
             .iter()
             .map(|(id, at)| format!("{id:x} {} {}\n", self.boot, on_boot_clock(*at)))
             .collect();
-        self.write("removed", &text);
+        self.write("removed", &text, true)
     }
 
-    /// Written aside and renamed: a crash never leaves half a file.
-    fn write(&self, name: &str, text: &str) {
+    /// The membership this member last saw (other members' ids), so that a removal it had
+    /// not noted before a restart is noted after it.
+    pub fn members(&self) -> Option<Vec<u64>> {
+        let text = std::fs::read_to_string(self.dir.join("members")).ok()?;
+        text.split_whitespace()
+            .map(|w| u64::from_str_radix(w, 16).ok())
+            .collect()
+    }
+
+    pub fn keep_members(&self, members: &[u64]) -> bool {
+        let text: String = members.iter().map(|id| format!("{id:x}\n")).collect();
+        self.write("members", &text, true)
+    }
+
+    /// Written aside and renamed: a crash never leaves half a file. A failure is logged
+    /// once, until a write succeeds again.
+    fn write(&self, name: &str, text: &str, sync: bool) -> bool {
+        use std::io::Write;
+        use std::sync::atomic::Ordering;
         let path = self.dir.join(name);
         let tmp = self.dir.join(format!("{name}.new"));
-        if let Err(e) = std::fs::write(&tmp, text).and_then(|_| std::fs::rename(&tmp, &path)) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot keep fencing state for a restart");
+        let res = std::fs::File::create(&tmp)
+            .and_then(|mut f| {
+                f.write_all(text.as_bytes())?;
+                if sync {
+                    f.sync_all()?;
+                }
+                Ok(())
+            })
+            .and_then(|_| std::fs::rename(&tmp, &path));
+        match res {
+            Ok(()) => {
+                self.failing.store(false, Ordering::Relaxed);
+                true
+            }
+            Err(e) => {
+                if !self.failing.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot keep fencing state for a restart");
+                }
+                false
+            }
         }
     }
 }
@@ -122,6 +164,9 @@ mod tests {
         let removed = again.removed();
         assert_eq!(removed.keys().collect::<Vec<_>>(), [&0xab]);
         assert!(removed[&0xab].elapsed() >= Duration::from_secs(20));
+        assert!(again.members().is_none());
+        assert!(memo.keep_members(&[1, 0x2f]));
+        assert_eq!(again.members(), Some(vec![1, 0x2f]));
     }
 
     #[tokio::test]

@@ -197,15 +197,19 @@ impl Node {
     /// id, that it leads with a quorum).
     pub fn heard_from_leader(&self, leader: u64) {
         let now = tokio::time::Instant::now();
-        let mut h = self.heard.lock().expect("poisoned");
-        h.leader = Some(leader);
-        h.at = Some(now);
-        if h.kept.is_none_or(|k| now - k >= Duration::from_secs(1)) {
-            h.kept = Some(now);
-            if let Some(memo) = &self.memo {
-                // Up to a second old when read back: the span then ends earlier, never later.
-                memo.keep_heard(now);
+        let keep = {
+            let mut h = self.heard.lock().expect("poisoned");
+            h.leader = Some(leader);
+            h.at = Some(now);
+            let keep = h.kept.is_none_or(|k| now - k >= Duration::from_secs(1));
+            if keep {
+                h.kept = Some(now);
             }
+            keep
+        };
+        if let (true, Some(memo)) = (keep, &self.memo) {
+            // Up to a second old when read back: the span then ends earlier, never later.
+            memo.keep_heard(now);
         }
     }
 
@@ -214,8 +218,11 @@ impl Node {
     pub fn without_quorum(&self) -> Status {
         let silent_for = self.heard.lock().expect("poisoned").at.map(|at| at.elapsed());
         match silent_for {
-            Some(s) if s > self.election_timeout + crate::lease::NO_LEADER_SPAN => past_the_span(s),
-            _ => no_leader(),
+            Some(s) if s <= self.election_timeout + crate::lease::NO_LEADER_SPAN => no_leader(),
+            Some(s) => past_the_span(s),
+            // Never had a quorum as far as it knows (elected, then cut off before any
+            // answer): no leader counts on this member's silence being bounded.
+            None => Status::unavailable("this member leads but has never had a quorum; try another member"),
         }
     }
 
