@@ -35,10 +35,13 @@ pub struct Local {
     pub desired: BTreeMap<UnitName, ScheduleEntry>,
     /// Set by the fencer; cleared when the session registers again.
     pub fenced: bool,
-    /// The `Fence=stop` units a previous agent process left (its fence list), fenced too
-    /// until this process has read its schedule: a restarted agent cut off from the cluster
-    /// has no `desired` yet, and its fence clock goes on from the previous process's.
+    /// `Fence=stop` units not in `desired` that must be fenced too: at first those of the
+    /// previous agent process's fence list (a restarted agent cut off from the cluster has
+    /// no `desired` yet, and its fence clock goes on from that process's); then those that
+    /// left the schedule while still installed (their stop may not have run yet).
     pub leftover: BTreeSet<UnitName>,
+    /// The fence list: the `Fence=stop` units in `desired` and the leftovers.
+    fence_list: BTreeSet<UnitName>,
     /// Where the fence list is kept for a restarted agent, and what was last written there.
     fence_file: Option<(std::path::PathBuf, Option<BTreeSet<UnitName>>)>,
     /// `installed()` has been read since the agent started.
@@ -124,11 +127,12 @@ impl<M: UnitManager> Shared<M> {
     fn write_fence_list(&self, desired: &BTreeMap<UnitName, ScheduleEntry>) {
         let (path, stop) = {
             let mut l = self.local();
-            let Some((path, written)) = &l.fence_file else { return };
-            let path = path.clone();
-            let still: Vec<UnitName> = written
+            let l = &mut *l;
+            // The schedule is known now: what stays of the leftovers is what left the
+            // schedule while still installed, fenced too until stopped and uninstalled.
+            let still: BTreeSet<UnitName> = l
+                .fence_list
                 .iter()
-                .flatten()
                 .chain(&l.leftover)
                 .filter(|n| !desired.contains_key(*n) && l.installed.contains_key(*n))
                 .cloned()
@@ -137,13 +141,15 @@ impl<M: UnitManager> Shared<M> {
                 .iter()
                 .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
                 .map(|(n, _)| n.clone())
-                .chain(still)
+                .chain(still.iter().cloned())
                 .collect();
-            l.leftover.clear(); // the schedule is known now
-            if matches!(&l.fence_file, Some((_, Some(w))) if *w == stop) {
-                return;
+            l.leftover = still;
+            l.fence_list = stop.clone();
+            match &l.fence_file {
+                Some((_, Some(written))) if *written == stop => return,
+                Some((path, _)) => (path.clone(), stop),
+                None => return,
             }
-            (path, stop)
         };
         let text: String = stop.iter().map(|n| format!("{n}\n")).collect();
         let tmp = path.with_extension("new");
@@ -487,5 +493,41 @@ impl<M: UnitManager> Fencer for UnitFencer<M> {
             }
             shared.local().started.remove(unit);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fake::FakeUnitManager;
+
+    #[test]
+    fn a_unit_that_left_the_schedule_stays_on_the_fence_list_while_installed() {
+        let shared = Shared::new(
+            FakeUnitManager::new(),
+            ConfigRoot::new(std::env::temp_dir().join("esfleet-none")),
+        );
+        let gone = UnitName::new("gone.service").unwrap();
+        {
+            let mut l = shared.local();
+            l.installed.insert(
+                gone.clone(),
+                Installed {
+                    hash: None,
+                    dropin: String::new(),
+                    enabled: false,
+                },
+            );
+            l.fence_list.insert(gone.clone());
+        }
+        // Unscheduled, but its stop has not run (or failed): still fenced.
+        shared.write_fence_list(&BTreeMap::new());
+        assert_eq!(shared.local().leftover, BTreeSet::from([gone.clone()]));
+        assert!(shared.local().fence_list.contains(&gone));
+        // Stopped and uninstalled: off the list.
+        shared.local().installed.remove(&gone);
+        shared.write_fence_list(&BTreeMap::new());
+        assert!(shared.local().leftover.is_empty());
+        assert!(shared.local().fence_list.is_empty());
     }
 }

@@ -140,9 +140,9 @@ pub struct Session<L, F> {
     keep_failing: bool,
     /// This boot's id, for the fence-clock file.
     boot: String,
-    /// The fence clock restored from a previous process is already overdue, and that
-    /// process left a lease: renew it once before fencing (a live lease means the units
-    /// were not moved; the clock file may be stale, left by an agent too old to keep it).
+    /// The fence clock restored from a previous process is overdue but stale (the lease file
+    /// was written after it, by an agent too old to keep the clock): renew the lease once
+    /// before fencing (a live lease means the units were not moved).
     verify_first: bool,
     /// Revoke the lease on exit (the units were stopped); otherwise leave it to a successor.
     release_on_exit: bool,
@@ -233,7 +233,14 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                     "a previous agent process was last acknowledged (and last answered) this long ago; \
                      the fence clock goes on from then"
                 );
-                self.verify_first = self.inherited.is_some() && self.fence_at() <= now;
+                // Stale only if a lease was written after the clock last was: an agent too
+                // old to keep the clock registered in between.
+                let mtime = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+                let stale = matches!(
+                    (mtime(&lease_file), mtime(&clock_file(&lease_file))),
+                    (Some(lease), Some(clock)) if lease > clock
+                );
+                self.verify_first = stale && self.inherited.is_some() && self.fence_at() <= now;
             }
         }
         self.lease_file = Some(lease_file);
@@ -976,10 +983,17 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn an_overdue_fence_clock_with_a_live_lease_fences_nothing() {
-        // E.g. left by this agent before a downgrade to one that does not keep the clock.
+    async fn an_overdue_fence_clock_older_than_the_lease_file_is_checked_before_fencing() {
+        // Left by this agent before a downgrade to one that does not keep the clock, which
+        // then registered (wrote the lease file) and ran for a while.
         let file = LeaseFile::new("stale");
         stale_handoff(&file, boot_id(), Duration::from_secs(300));
+        std::fs::File::options()
+            .write(true)
+            .open(&file.0)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
+            .unwrap();
         let script = Script::default();
         script.now();
         let fences = Log::default();
