@@ -57,7 +57,44 @@ pub fn unit_info(snap: &StoreSnapshot, name: &UnitName, full: bool) -> pb::UnitI
         .placements_of(name)
         .map(|(m, e)| placement(snap, m, name, e))
         .collect();
-    placements.extend(leaving(snap, name));
+    placements.extend(
+        snap.states
+            .iter()
+            .filter_map(|(machine, units)| leaving(snap, machine, name, units.get(name)?)),
+    );
+    with_placements(snap, name, placements, full)
+}
+
+/// [`unit_info`] (without text) of each of `names`: one pass over the machines instead of
+/// one per unit (11,000 units on 1,000 machines took 2.9 s unit by unit).
+pub fn unit_infos<'a>(
+    snap: &StoreSnapshot,
+    names: impl IntoIterator<Item = &'a UnitName>,
+) -> std::collections::BTreeMap<UnitName, pb::UnitInfo> {
+    let mut by_unit: std::collections::BTreeMap<&UnitName, Vec<pb::Placement>> =
+        names.into_iter().map(|n| (n, Vec::new())).collect();
+    // Machine by machine, as `unit_info` orders them: scheduled copies first, then leaving.
+    for (machine, units) in &snap.placements {
+        for (name, entry) in units {
+            if let Some(v) = by_unit.get_mut(name) {
+                v.push(placement(snap, machine, name, entry));
+            }
+        }
+    }
+    for (machine, units) in &snap.states {
+        for (name, state) in units {
+            if let Some(v) = by_unit.get_mut(name) {
+                v.extend(leaving(snap, machine, name, state));
+            }
+        }
+    }
+    by_unit
+        .into_iter()
+        .map(|(name, placements)| (name.clone(), with_placements(snap, name, placements, false)))
+        .collect()
+}
+
+fn with_placements(snap: &StoreSnapshot, name: &UnitName, placements: Vec<pb::Placement>, full: bool) -> pb::UnitInfo {
     let Some(rec) = snap.units.get(name) else {
         return pb::UnitInfo {
             name: name.to_string(),
@@ -86,38 +123,40 @@ pub fn unit_info(snap: &StoreSnapshot, name: &UnitName, full: bool) -> pb::UnitI
     }
 }
 
-/// Copies that are no longer scheduled but that their machine still reports running: the
-/// agent has not stopped them yet. They count as placements (desired `inactive`), so
-/// `esfleet stop/unload/destroy` waits until the unit has really stopped there.
-fn leaving<'a>(snap: &'a StoreSnapshot, name: &'a UnitName) -> impl Iterator<Item = pb::Placement> + 'a {
-    snap.states.iter().filter_map(move |(machine, units)| {
-        let s = units.get(name)?;
-        let scheduled = snap.placements.get(machine).is_some_and(|p| p.contains_key(name));
-        let running = matches!(
-            s.active.as_str(),
-            "active" | "activating" | "deactivating" | "reloading"
-        );
-        if scheduled || !running {
-            return None;
-        }
-        let m = snap.machines.get(machine);
-        Some(pb::Placement {
-            machine_id: machine.clone(),
-            machine_address: m.map(|m| m.address.clone()).unwrap_or_default(),
-            machine_hostname: m.map(|m| m.hostname.clone()).unwrap_or_default(),
-            desired: "inactive".into(),
-            load: s.load.clone(),
-            active: s.active.clone(),
-            sub: s.sub.clone(),
-            reported_hash: s.hash.clone(),
-            reported_generation: s.generation,
-            generation: s.generation,
-            since_usec: s.since_usec,
-            n_restarts: s.n_restarts,
-            error: s.error.clone().unwrap_or_default(),
-            reported: true,
-            ..Default::default()
-        })
+/// A copy on `machine` that is no longer scheduled but that the machine still reports
+/// running: the agent has not stopped it yet. It counts as a placement (desired
+/// `inactive`), so `esfleet stop/unload/destroy` waits until the unit has really stopped.
+fn leaving(
+    snap: &StoreSnapshot,
+    machine: &str,
+    name: &UnitName,
+    s: &esfleet_core::model::UnitState,
+) -> Option<pb::Placement> {
+    let scheduled = snap.placements.get(machine).is_some_and(|p| p.contains_key(name));
+    let running = matches!(
+        s.active.as_str(),
+        "active" | "activating" | "deactivating" | "reloading"
+    );
+    if scheduled || !running {
+        return None;
+    }
+    let m = snap.machines.get(machine);
+    Some(pb::Placement {
+        machine_id: machine.to_string(),
+        machine_address: m.map(|m| m.address.clone()).unwrap_or_default(),
+        machine_hostname: m.map(|m| m.hostname.clone()).unwrap_or_default(),
+        desired: "inactive".into(),
+        load: s.load.clone(),
+        active: s.active.clone(),
+        sub: s.sub.clone(),
+        reported_hash: s.hash.clone(),
+        reported_generation: s.generation,
+        generation: s.generation,
+        since_usec: s.since_usec,
+        n_restarts: s.n_restarts,
+        error: s.error.clone().unwrap_or_default(),
+        reported: true,
+        ..Default::default()
     })
 }
 
@@ -169,4 +208,69 @@ pub fn machines(snap: &StoreSnapshot) -> Vec<pb::Machine> {
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use esfleet_core::model::{DesiredState, UnitState};
+
+    fn entry(unit: &UnitName, generation: u64) -> ScheduleEntry {
+        ScheduleEntry {
+            unit: unit.clone(),
+            text: String::new(),
+            hash: "h".into(),
+            desired: DesiredState::Launched,
+            generation,
+            fence: Default::default(),
+            enable: false,
+            env: Default::default(),
+            files: Default::default(),
+        }
+    }
+
+    #[test]
+    fn all_units_at_once_equal_unit_by_unit() {
+        let mut snap = StoreSnapshot::default();
+        let names: Vec<UnitName> = ["a.service", "b.service", "gone.service"]
+            .iter()
+            .map(|n| UnitName::new(n).unwrap())
+            .collect();
+        for n in &names[..2] {
+            snap.units.insert(
+                n.clone(),
+                esfleet_core::model::UnitRecord {
+                    name: n.clone(),
+                    text: String::new(),
+                    hash: "h".into(),
+                    desired: DesiredState::Launched,
+                    options: Default::default(),
+                    has_install: false,
+                },
+            );
+        }
+        for (i, m) in ["m1", "m2", "m3"].iter().enumerate() {
+            let placed = snap.placements.entry(m.to_string()).or_default();
+            placed.insert(names[0].clone(), entry(&names[0], i as u64));
+            let states = snap.states.entry(m.to_string()).or_default();
+            let running = UnitState {
+                active: "active".into(),
+                generation: i as u64,
+                ..Default::default()
+            };
+            states.insert(names[0].clone(), running.clone());
+            // b and gone: no longer scheduled, still running on m2 and m3.
+            if i > 0 {
+                states.insert(names[1].clone(), running.clone());
+                states.insert(names[2].clone(), running);
+            }
+        }
+        let at_once = unit_infos(&snap, &names);
+        for n in &names {
+            assert_eq!(at_once[n], unit_info(&snap, n, false), "{n}");
+        }
+        assert_eq!(at_once[&names[0]].placements.len(), 3);
+        assert_eq!(at_once[&names[1]].placements.len(), 2, "leaving copies count");
+        assert!(!at_once[&names[2]].exists);
+    }
 }

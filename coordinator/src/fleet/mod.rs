@@ -398,7 +398,7 @@ impl Fleet for FleetService {
         _req: Request<pb::ListUnitFilesRequest>,
     ) -> Result<Response<pb::ListUnitFilesResponse>, Status> {
         let snap = self.snapshot().await?;
-        let units = snap.units.keys().map(|n| info::unit_info(&snap, n, false)).collect();
+        let units = info::unit_infos(&snap, snap.units.keys()).into_values().collect();
         Ok(Response::new(pb::ListUnitFilesResponse {
             units,
             revision: snap.revision,
@@ -735,10 +735,7 @@ async fn follow_units(
     mut live: broadcast::Receiver<Arc<WatchBatch>>,
     tx: mpsc::Sender<Result<pb::WatchUnitStatesResponse, Status>>,
 ) {
-    let mut last: BTreeMap<UnitName, pb::UnitInfo> = names
-        .iter()
-        .map(|n| (n.clone(), info::unit_info(&first, n, false)))
-        .collect();
+    let mut last: BTreeMap<UnitName, pb::UnitInfo> = info::unit_infos(&first, &names);
     let msg = pb::WatchUnitStatesResponse {
         units: last.values().cloned().collect(),
         revision: first.revision,
@@ -780,8 +777,7 @@ async fn follow_units(
             let snap = FleetService { node }.local_snapshot()?;
             let mut last = prev;
             let mut changed = Vec::new();
-            for n in affected {
-                let now = info::unit_info(&snap, &n, false);
+            for (n, now) in info::unit_infos(&snap, &affected) {
                 if last.get(&n) != Some(&now) {
                     last.insert(n, now.clone());
                     changed.push(now);
