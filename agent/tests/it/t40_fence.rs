@@ -20,16 +20,7 @@ async fn unreachable_cluster_fences_stop_units_and_they_come_back() {
     // accepted stay open, so the test cuts them when it stops the member.
     let proxy = Proxy::start(cluster.members[0].client_addr).await;
     let (a, fake) = agent(agent_config(vec![proxy.url()], &id, fast_timing()));
-    schedule(&mut c, &id, &entry("fenced.service", SIMPLE, Fence::Stop)).await;
-    schedule(&mut c, &id, &entry("kept.service", SIMPLE, Fence::Keep)).await;
-    eventually("both running", || {
-        let fake = fake.clone();
-        async move {
-            (live(&fake, "fenced.service").await.0 == "active" && live(&fake, "kept.service").await.0 == "active")
-                .then_some(())
-        }
-    })
-    .await;
+    fenced_and_kept_running(&mut c, &id, &fake).await;
     let epoch = a.status.borrow().epoch;
 
     // The member refuses connections at once; its stop() then takes a while (open streams).
@@ -178,16 +169,7 @@ async fn an_agent_restarted_while_cut_off_fences_what_its_predecessor_left() {
         ..agent_config(vec![proxy.url()], &id, fast_timing())
     };
     let (a, fake) = agent(cfg());
-    schedule(&mut c, &id, &entry("fenced.service", SIMPLE, Fence::Stop)).await;
-    schedule(&mut c, &id, &entry("kept.service", SIMPLE, Fence::Keep)).await;
-    eventually("both running", || {
-        let fake = fake.clone();
-        async move {
-            (live(&fake, "fenced.service").await.0 == "active" && live(&fake, "kept.service").await.0 == "active")
-                .then_some(())
-        }
-    })
-    .await;
+    fenced_and_kept_running(&mut c, &id, &fake).await;
     // Exit without --stop-units-on-exit (units stay up), and the host is cut off.
     a.stop().await;
     proxy.cut();
@@ -211,4 +193,23 @@ async fn an_agent_restarted_while_cut_off_fences_what_its_predecessor_left() {
     b.stop().await;
     drop(proxy);
     cluster.stop().await;
+}
+
+/// Schedules `fenced.service` (Fence=stop) and `kept.service` (Fence=keep) on machine `id`
+/// and waits until both run.
+async fn fenced_and_kept_running(
+    c: &mut esfleet_agent::client::Client,
+    id: &str,
+    fake: &esfleet_agent::fake::FakeUnitManager,
+) {
+    schedule(c, id, &entry("fenced.service", SIMPLE, Fence::Stop)).await;
+    schedule(c, id, &entry("kept.service", SIMPLE, Fence::Keep)).await;
+    eventually("both running", || {
+        let fake = fake.clone();
+        async move {
+            (live(&fake, "fenced.service").await.0 == "active" && live(&fake, "kept.service").await.0 == "active")
+                .then_some(())
+        }
+    })
+    .await;
 }

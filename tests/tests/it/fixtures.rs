@@ -220,12 +220,72 @@ pub async fn assert_all_acked_present(client: &Client, prefix: &str, acks: &[Ack
     Ok(())
 }
 
-/// A fencer for a real agent session that only records why it fenced.
+/// A fencer for a real agent session that only records when and why it fenced.
 #[derive(Clone, Default)]
-pub struct Fences(pub std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+pub struct Fences(pub std::sync::Arc<std::sync::Mutex<Vec<(std::time::Instant, String)>>>);
 
 impl esfleet_agent::session::Fencer for Fences {
     async fn fence(&self, why: &str) {
-        self.0.lock().unwrap().push(why.to_string());
+        self.0
+            .lock()
+            .unwrap()
+            .push((std::time::Instant::now(), why.to_string()));
+    }
+}
+
+/// A real agent session (lease, keepalives, fence clock; no units) on `endpoints`,
+/// registered under `key`, with default timing.
+pub struct AgentSession {
+    pub fences: Fences,
+    pub status: tokio::sync::watch::Receiver<esfleet_agent::session::Status>,
+    pub lease: i64,
+    stop: tokio::sync::watch::Sender<bool>,
+    running: tokio::task::JoinHandle<()>,
+}
+
+impl AgentSession {
+    /// Starts the session and waits until it has registered.
+    pub async fn start(endpoints: Vec<String>, key: &str) -> AgentSession {
+        let timing = esfleet_agent::config::Timing::default();
+        let api = esfleet_agent::client::Client::new(endpoints, timing.request_timeout);
+        let fences = Fences::default();
+        let (session, status) =
+            esfleet_agent::session::Session::new(api, fences.clone(), timing, key.into(), "{}".into());
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let running = tokio::spawn(session.run(stopped));
+        poll("the session to register", PATIENCE, || async {
+            anyhow::ensure!(status.borrow().lease.is_some(), "not yet");
+            Ok(())
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+        let lease = status.borrow().lease.expect("registered");
+        AgentSession {
+            fences,
+            status,
+            lease,
+            stop,
+            running,
+        }
+    }
+
+    /// When the session first fenced, if it did.
+    pub fn fenced_at(&self) -> Option<std::time::Instant> {
+        self.fences.0.lock().unwrap().first().map(|(at, _)| *at)
+    }
+
+    pub fn fence_reasons(&self) -> Vec<String> {
+        self.fences
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, why)| why.clone())
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        self.stop.send(true).unwrap();
+        self.running.await.unwrap();
     }
 }

@@ -5,12 +5,10 @@
 use std::time::{Duration, Instant};
 
 use esfleet_agent::client::Client as AgentClient;
-use esfleet_agent::config::Timing;
-use esfleet_agent::session::Session;
 use esfleet_tests::{poll, Flavor, Options, ProcessCluster};
 use etcd_client::{GetOptions, LeaseTimeToLiveOptions};
 
-use crate::fixtures::{assert_all_acked_present, flavor, Fences, Writer, PATIENCE};
+use crate::fixtures::{assert_all_acked_present, flavor, AgentSession, Writer, PATIENCE};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn leader_kill_under_writes_then_full_restart_from_disk() {
@@ -208,20 +206,8 @@ async fn a_hung_leader_fences_no_healthy_host() {
     // The leader last in the list: the agent starts on a follower, which forwards to it.
     let mut endpoints: Vec<String> = (0..3).filter(|&i| i != leader).map(|i| c.endpoint(i)).collect();
     endpoints.push(c.endpoint(leader));
-    let timing = Timing::default();
-    let api = AgentClient::new(endpoints, timing.request_timeout);
-    let fences = Fences::default();
-    let (session, status) = Session::new(api, fences.clone(), timing, "/t20/machine".into(), "{}".into());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(session.run(stopped));
-    let registered = status.clone();
-    poll("the session to register", PATIENCE, || async {
-        anyhow::ensure!(registered.borrow().lease.is_some(), "not yet");
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}"));
-    let lease = status.borrow().lease.expect("registered");
+    let agent = AgentSession::start(endpoints, "/t20/machine").await;
+    let lease = agent.lease;
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     c.freeze(leader).unwrap();
@@ -229,15 +215,15 @@ async fn a_hung_leader_fences_no_healthy_host() {
     c.thaw(leader).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
 
-    let fenced = fences.0.lock().unwrap().clone();
+    let fenced = agent.fence_reasons();
     assert!(
         fenced.is_empty(),
         "fenced during an election: {fenced:?}\n{}",
         c.log_tails()
     );
-    assert!(!status.borrow().fenced);
+    assert!(!agent.status.borrow().fenced);
     assert_eq!(
-        status.borrow().lease,
+        agent.status.borrow().lease,
         Some(lease),
         "the lease was lost and granted again"
     );
@@ -247,8 +233,7 @@ async fn a_hung_leader_fences_no_healthy_host() {
         .await
         .expect("lease time to live");
     assert!(ttl.ttl() > 0, "the lease expired: {}", ttl.ttl());
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    agent.stop().await;
 }
 
 /// A leader whose followers have all stopped answering must stop acknowledging keepalives

@@ -5,13 +5,10 @@ use std::collections::BTreeSet;
 
 use std::time::{Duration, Instant};
 
-use esfleet_agent::client::Client as AgentClient;
-use esfleet_agent::config::Timing;
-use esfleet_agent::session::Session;
 use esfleet_tests::{poll, Flavor, ProcessCluster};
 use etcd_client::GetOptions;
 
-use crate::fixtures::{assert_all_acked_present, cluster, flavor, read_prefix, Fences, Writer, PATIENCE};
+use crate::fixtures::{assert_all_acked_present, cluster, flavor, read_prefix, AgentSession, Writer, PATIENCE};
 
 /// Waits until the member list (read through `client`) has exactly the members `expected`
 /// (by index), each with its name, peer URL and client URL.
@@ -155,19 +152,8 @@ async fn removed_member_still_running(depose_the_leader: bool) {
     let c = cluster(if depose_the_leader { 4 } else { 3 }).await;
     let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
     let leaving = (leader + 1) % c.len();
-    let timing = Timing::default();
-    let api = AgentClient::new(vec![c.endpoint(leaving)], timing.request_timeout);
-    let fences = Fences::default();
-    let (session, status) = Session::new(api, fences.clone(), timing, "/t30/machine".into(), "{}".into());
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let running = tokio::spawn(session.run(stopped));
-    poll("the session to register", PATIENCE, || async {
-        anyhow::ensure!(status.borrow().lease.is_some(), "not yet");
-        Ok(())
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{e:?}"));
-    let lease = status.borrow().lease.expect("registered");
+    let agent = AgentSession::start(vec![c.endpoint(leaving)], "/t30/machine").await;
+    let lease = agent.lease;
 
     // Removed through the leader; the process is left running (unlike `remove_member`).
     let id = c.member_id(leaving).await.unwrap_or_else(|e| panic!("{e:?}"));
@@ -193,11 +179,10 @@ async fn removed_member_still_running(depose_the_leader: bool) {
         .unwrap_or_else(|e| panic!("{e:?}\n{}", c.log_tails()));
     }
     let mut client = ProcessCluster::connect(&staying.iter().map(|&i| c.endpoint(i)).collect::<Vec<_>>()).await;
-    let (mut fenced, mut expired) = (None, None);
-    while (fenced.is_none() || expired.is_none()) && removed.elapsed() < Duration::from_secs(60) {
-        if fenced.is_none() && !fences.0.lock().unwrap().is_empty() {
-            fenced = Some(removed.elapsed());
-        }
+    // The fence at its own time; the expiry when first seen: no earlier than it happened,
+    // up to a poll (200 ms) and a request later.
+    let mut expired = None;
+    while (agent.fenced_at().is_none() || expired.is_none()) && removed.elapsed() < Duration::from_secs(60) {
         if expired.is_none() {
             match client.lease_time_to_live(lease, None).await {
                 Ok(r) if r.ttl() < 0 => expired = Some(removed.elapsed()),
@@ -207,6 +192,7 @@ async fn removed_member_still_running(depose_the_leader: bool) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    let fenced = agent.fenced_at().map(|at| at - removed);
     println!("after the removal: agent fenced at {fenced:?}, lease expired at {expired:?}");
     let fenced = fenced.unwrap_or_else(|| panic!("the agent never fenced\n{}", c.log_tails()));
     let expired = expired.unwrap_or_else(|| panic!("the lease never expired\n{}", c.log_tails()));
@@ -214,9 +200,8 @@ async fn removed_member_still_running(depose_the_leader: bool) {
         fenced < expired,
         "the lease expired ({expired:?} after the removal) while the agent still ran its units \
          (fenced at {fenced:?}): {:?}\n{}",
-        fences.0.lock().unwrap(),
+        agent.fence_reasons(),
         c.log_tails()
     );
-    stop.send(true).unwrap();
-    running.await.unwrap();
+    agent.stop().await;
 }
