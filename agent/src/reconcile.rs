@@ -121,13 +121,15 @@ impl<M: UnitManager> Shared<M> {
         l.fence_file = Some((path, None));
     }
 
-    /// Writes the fence list when it changed: the `Fence=stop` units in `desired`, and
-    /// those of the last list (or the previous process's) that left the schedule but are
-    /// still installed (their stop may not have run yet).
-    fn write_fence_list(&self, desired: &BTreeMap<UnitName, ScheduleEntry>) {
+    /// Sets `desired` and, under the same lock, the fence list: the `Fence=stop` units in
+    /// `desired`, and those of the last list (or the previous process's) that left the
+    /// schedule but are still installed (their stop may not have run yet). Writes the list
+    /// to the fence file when it changed.
+    fn set_desired(&self, desired: &BTreeMap<UnitName, ScheduleEntry>) {
         let (path, stop) = {
             let mut l = self.local();
             let l = &mut *l;
+            l.desired = desired.clone();
             // The schedule is known now: what stays of the leftovers is what left the
             // schedule while still installed, fenced too until stopped and uninstalled.
             let still: BTreeSet<UnitName> = l
@@ -201,8 +203,8 @@ impl<M: UnitManager> Shared<M> {
             }
             l.adopted = true;
         }
-        self.local().desired = desired.clone();
-        self.write_fence_list(desired);
+        // `desired` and the fence list change under one lock: the fencer reads both at once.
+        self.set_desired(desired);
         self.adopt(desired).await?;
 
         let (actual, names) = {
@@ -521,12 +523,12 @@ mod tests {
             l.fence_list.insert(gone.clone());
         }
         // Unscheduled, but its stop has not run (or failed): still fenced.
-        shared.write_fence_list(&BTreeMap::new());
+        shared.set_desired(&BTreeMap::new());
         assert_eq!(shared.local().leftover, BTreeSet::from([gone.clone()]));
         assert!(shared.local().fence_list.contains(&gone));
         // Stopped and uninstalled: off the list.
         shared.local().installed.remove(&gone);
-        shared.write_fence_list(&BTreeMap::new());
+        shared.set_desired(&BTreeMap::new());
         assert!(shared.local().leftover.is_empty());
         assert!(shared.local().fence_list.is_empty());
     }

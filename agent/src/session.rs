@@ -254,6 +254,9 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         let Some(path) = self.lease_file.clone() else { return };
         let text = format!("{:x}\n", lease.unwrap_or(0));
         self.write_aside(&path, &text, "the lease id");
+        // Then the clock again, so that a lease file newer than the clock means an agent
+        // that does not keep the clock wrote it (`verify_first`), never this one.
+        self.keep();
     }
 
     /// Keeps the fence clock for a restarted agent (on every acknowledgment or answer).
@@ -1002,6 +1005,44 @@ mod tests {
         let (phase, seen) = drive(&mut s, Phase::Connecting, Duration::from_secs(3)).await;
         assert!(fences.0.lock().unwrap().is_empty(), "{seen:?}");
         assert_eq!(phase, Phase::Registered { lease: 9 }, "{seen:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_overdue_fence_clock_newer_than_the_lease_file_fences_at_once_even_if_the_lease_lives() {
+        let file = LeaseFile::new("fresh-clock");
+        stale_handoff(&file, boot_id(), Duration::from_secs(300));
+        std::fs::File::options()
+            .write(true)
+            .open(&file.0)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
+            .unwrap();
+        let script = Script::default(); // the lease would renew
+        script.now();
+        let fences = Log::default();
+        let t0 = Instant::now();
+        let (s, _status) = session(&script, &fences);
+        let mut s = s.with_handoff(file.0.clone(), false);
+        drive(&mut s, Phase::Connecting, Duration::from_millis(100)).await;
+        assert_eq!(
+            fences.0.lock().unwrap()[..],
+            [t0],
+            "a crash-looping agent's own clock is trusted"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn registering_leaves_the_clock_newer_than_the_lease_file() {
+        let file = LeaseFile::new("order");
+        let script = Script::default();
+        script.now();
+        let fences = Log::default();
+        let (s, _status) = session(&script, &fences);
+        let mut s = s.with_handoff(file.0.clone(), false);
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_millis(10)).await;
+        assert!(matches!(phase, Phase::Registered { .. }), "{phase:?}");
+        let mtime = |p: &std::path::Path| std::fs::metadata(p).unwrap().modified().unwrap();
+        assert!(mtime(&clock_file(&file.0)) >= mtime(&file.0));
     }
 
     #[tokio::test(start_paused = true)]
