@@ -309,21 +309,17 @@ impl LeaseKeeper {
     }
 
     /// The leader's expiry loop; runs on every member, acts only while leading.
-    /// `memo`: where the removals this member saw are kept for a restart.
-    pub async fn run(
-        self: Arc<Self>,
-        node: Arc<Node>,
-        memo: Option<Memo>,
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
-    ) {
+    /// The removals this member saw are kept in the node's memo for a restart.
+    pub async fn run(self: Arc<Self>, node: Arc<Node>, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let memo = node.memo();
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         let mut doubted: Vec<u64> = Vec::new();
         let mut leading_since: Option<(u64, Instant)> = None;
         // Members seen in the membership, and those that left it, with when: a removed
         // member that still runs may say "no leader" for [`NO_LEADER_SPAN`].
         let mut removed = Removed {
-            left: memo.as_ref().map(Memo::removed).unwrap_or_default(),
-            members: memo.as_ref().and_then(Memo::members),
+            left: memo.map(Memo::removed).unwrap_or_default(),
+            members: memo.and_then(Memo::members),
             ..Removed::default()
         };
         let mut kept_members = removed.members.clone();
@@ -358,7 +354,7 @@ impl LeaseKeeper {
                 };
                 (leading, unconfirmed)
             };
-            if let Some(memo) = &memo {
+            if let Some(memo) = memo {
                 if removed.changed && memo.keep_removed(&removed.left) {
                     removed.changed = false;
                 }
@@ -407,18 +403,7 @@ impl LeaseKeeper {
                     // decided by this leader's clock, and a deposed leader's revoke, refused
                     // with "forward to leader" when its entry is dropped, must not be carried
                     // to the new leader (which renewed every lease at its takeover).
-                    let proposed = tokio::time::timeout(node.request_timeout, node.propose_local(req)).await;
-                    let applied = match proposed {
-                        Ok(Ok(resp)) => match resp.response {
-                            Some(esfleet_proto::raft::internal_response::Response::Error(e)) => {
-                                Err(Status::new(Code::from(e.code), e.message))
-                            }
-                            _ => Ok(()),
-                        },
-                        Ok(Err(e)) => Err(e),
-                        Err(_) => Err(Status::deadline_exceeded("the revoke was not applied in time")),
-                    };
-                    match applied {
+                    match node.propose_here(req).await {
                         Ok(_) => tracing::info!(lease = format!("{id:x}"), "lease expired and revoked"),
                         Err(e) if e.code() == tonic::Code::NotFound => {}
                         Err(e) => {

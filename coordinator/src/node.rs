@@ -100,16 +100,8 @@ fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Rout
     if h.leading {
         return Ok(Route::Here);
     }
-    let Some(silent_for) = h.silent_for else {
-        return Err(Status::unavailable(
-            "this member has not heard from a leader since it started; try another member",
-        ));
-    };
-    if silent_for > election_timeout + span {
-        return Err(past_the_span(silent_for));
-    }
-    if silent_for > election_timeout {
-        return Err(no_leader());
+    if let Some(answer) = silence(h.silent_for, election_timeout, span) {
+        return Err(answer);
     }
     match (&h.named, h.heard) {
         (Some((named, Some(url))), Some(heard)) if *named == heard => Ok(Route::Leader(url.clone())),
@@ -122,11 +114,30 @@ fn route(h: &Hearing, election_timeout: Duration, span: Duration) -> Result<Rout
     }
 }
 
-fn past_the_span(silent_for: Duration) -> Status {
-    Status::unavailable(format!(
-        "this member has not heard from a leader for {silent_for:.0?}: it is cut off from the others, or no \
-         longer a member; try another member"
-    ))
+/// What a member that has not heard from a leader for `silent_for` (`None`: not as far as
+/// it knows) answers, or `None` while that is within an election timeout: "no leader" up
+/// to the span, a plain error past it or when it never heard one. Followers ([`route`])
+/// and a leader without a quorum ([`Node::without_quorum`]) answer alike.
+fn silence(silent_for: Option<Duration>, election_timeout: Duration, span: Duration) -> Option<Status> {
+    match silent_for {
+        None => Some(Status::unavailable(
+            "this member has not heard from a leader since it started; try another member",
+        )),
+        Some(s) if s > election_timeout + span => Some(Status::unavailable(format!(
+            "this member has not heard from a leader for {s:.0?}: it is cut off from the others, or no \
+             longer a member; try another member"
+        ))),
+        Some(s) if s > election_timeout => Some(no_leader()),
+        Some(_) => None,
+    }
+}
+
+/// An applied response the state machine refused, as the matching gRPC error.
+fn refused(resp: InternalResponse) -> Result<InternalResponse, Status> {
+    if let Some(internal_response::Response::Error(e)) = &resp.response {
+        return Err(Status::new(Code::from(e.code), e.message.clone()));
+    }
+    Ok(resp)
 }
 
 /// The error etcd clients recognise when no leader is known.
@@ -217,13 +228,13 @@ impl Node {
     /// no longer than a follower would say it; a plain error after.
     pub fn without_quorum(&self) -> Status {
         let silent_for = self.heard.lock().expect("poisoned").at.map(|at| at.elapsed());
-        match silent_for {
-            Some(s) if s <= self.election_timeout + crate::lease::NO_LEADER_SPAN => no_leader(),
-            Some(s) => past_the_span(s),
-            // Never had a quorum as far as it knows (elected, then cut off before any
-            // answer): no leader counts on this member's silence being bounded.
-            None => Status::unavailable("this member leads but has never had a quorum; try another member"),
-        }
+        // Within an election timeout of its last quorum: it just lost it.
+        silence(silent_for, self.election_timeout, crate::lease::NO_LEADER_SPAN).unwrap_or_else(no_leader)
+    }
+
+    /// Where this member keeps its fencing state for a restart ([`crate::memo`]).
+    pub fn memo(&self) -> Option<&crate::memo::Memo> {
+        self.memo.as_ref()
     }
 
     /// Where a request for the leader goes now, or the error to answer with ([`route`]).
@@ -396,10 +407,17 @@ impl Node {
                 }
             })
             .await?;
-        if let Some(internal_response::Response::Error(e)) = &resp.response {
-            return Err(Status::new(Code::from(e.code), e.message.clone()));
+        refused(resp)
+    }
+
+    /// Proposes on this member only, never forwarded, bounded by the request timeout; a
+    /// request the state machine refused comes back as the matching gRPC error. For what
+    /// only the leader that decided it may propose (lease expiry).
+    pub async fn propose_here(&self, req: InternalRequest) -> Result<InternalResponse, Status> {
+        match tokio::time::timeout(self.request_timeout, self.propose_local(req)).await {
+            Ok(resp) => refused(resp?),
+            Err(_) => Err(Status::deadline_exceeded("etcdserver: request timed out")),
         }
-        Ok(resp)
     }
 
     /// The leader's read index (this member must lead and still have a quorum).

@@ -224,8 +224,7 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         }
     }));
 
-    let memo = Some(crate::memo::Memo::new(&cfg.data_dir));
-    tasks.push(tokio::spawn(keeper.run(node.clone(), memo, stop_rx.clone())));
+    tasks.push(tokio::spawn(keeper.run(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(promote_learners(node.clone(), stop_rx.clone())));
     tasks.push(tokio::spawn(crate::compactor::run(
         node.clone(),
