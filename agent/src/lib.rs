@@ -17,4 +17,5 @@ pub mod reconcile;
 pub mod report;
 pub mod retire;
 pub mod session;
+pub mod state;
 pub mod unitfiles;

@@ -40,8 +40,6 @@ pub struct Local {
     /// no `desired` yet, and its fence clock goes on from that process's); then those that
     /// left the schedule while still installed (their stop may not have run yet).
     pub leftover: BTreeSet<UnitName>,
-    /// The fence list: the `Fence=stop` units in `desired` and the leftovers.
-    fence_list: BTreeSet<UnitName>,
     /// Where the fence list is kept for a restarted agent, and what was last written there.
     fence_file: Option<(std::path::PathBuf, Option<BTreeSet<UnitName>>)>,
     /// `installed()` has been read since the agent started.
@@ -129,24 +127,15 @@ impl<M: UnitManager> Shared<M> {
         let (path, stop) = {
             let mut l = self.local();
             let l = &mut *l;
-            l.desired = desired.clone();
-            // The schedule is known now: what stays of the leftovers is what left the
+            // The schedule is known now: what stays of the last fence list is what left the
             // schedule while still installed, fenced too until stopped and uninstalled.
-            let still: BTreeSet<UnitName> = l
-                .fence_list
-                .iter()
-                .chain(&l.leftover)
+            let still: BTreeSet<UnitName> = fence_list(&l.desired, &l.leftover)
                 .filter(|n| !desired.contains_key(*n) && l.installed.contains_key(*n))
                 .cloned()
                 .collect();
-            let stop: BTreeSet<UnitName> = desired
-                .iter()
-                .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
-                .map(|(n, _)| n.clone())
-                .chain(still.iter().cloned())
-                .collect();
+            l.desired = desired.clone();
             l.leftover = still;
-            l.fence_list = stop.clone();
+            let stop: BTreeSet<UnitName> = fence_list(&l.desired, &l.leftover).cloned().collect();
             match &l.fence_file {
                 Some((_, Some(written))) if *written == stop => return,
                 Some((path, _)) => (path.clone(), stop),
@@ -154,11 +143,7 @@ impl<M: UnitManager> Shared<M> {
             }
         };
         let text: String = stop.iter().map(|n| format!("{n}\n")).collect();
-        let tmp = path.with_extension("new");
-        let res = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
-            .and_then(|_| std::fs::write(&tmp, text))
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        match res {
+        match crate::state::replace(&path, &text) {
             Ok(()) => self.local().fence_file = Some((path, Some(stop))),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "cannot keep the fence list for a restarted agent")
@@ -406,6 +391,19 @@ impl<M: UnitManager> Shared<M> {
     }
 }
 
+/// The fence list: the `Fence=stop` units of `desired` (templates are never run) and the
+/// leftovers.
+fn fence_list<'a>(
+    desired: &'a BTreeMap<UnitName, ScheduleEntry>,
+    leftover: &'a BTreeSet<UnitName>,
+) -> impl Iterator<Item = &'a UnitName> {
+    desired
+        .iter()
+        .filter(|(n, e)| e.fence == Fence::Stop && !n.is_template())
+        .map(|(n, _)| n)
+        .chain(leftover)
+}
+
 /// Stop, where "systemd does not know the unit" means it is stopped already.
 async fn stop<M: UnitManager>(m: &M, unit: &UnitName) -> Result<(), ManagerError> {
     match m.stop(unit).await {
@@ -441,13 +439,21 @@ impl<M: UnitManager> Fencer for UnitFencer<M> {
         };
         // The previous process's units not (yet) in this one's schedule count as Fence=stop,
         // if they are units the agent installed (the list is only a file under /run).
-        let ours = match tokio::time::timeout(FENCE_CALL_LIMIT, shared.manager.installed()).await {
-            Ok(Ok(ours)) => Some(ours.into_iter().collect::<BTreeSet<_>>()),
-            _ => None,
+        let leftover: Vec<UnitName> = leftover
+            .into_iter()
+            .filter(|n| !desired.contains_key(n) && !n.is_template())
+            .collect();
+        let ours = if leftover.is_empty() {
+            None // nothing to check: no systemd call on the fence's path
+        } else {
+            match tokio::time::timeout(FENCE_CALL_LIMIT, shared.manager.installed()).await {
+                Ok(Ok(ours)) => Some(ours.into_iter().collect::<BTreeSet<_>>()),
+                _ => None,
+            }
         };
         let leftover = leftover
             .into_iter()
-            .filter(|n| !desired.contains_key(n) && !n.is_template() && ours.as_ref().is_none_or(|o| o.contains(n)));
+            .filter(|n| ours.as_ref().is_none_or(|o| o.contains(n)));
         let stops: Vec<UnitName> = match live {
             Ok(live) => {
                 let active: BTreeMap<UnitName, String> = live.into_iter().map(|s| (s.name, s.active)).collect();
@@ -520,16 +526,32 @@ mod tests {
                     enabled: false,
                 },
             );
-            l.fence_list.insert(gone.clone());
+            l.desired.insert(
+                gone.clone(),
+                ScheduleEntry {
+                    unit: gone.clone(),
+                    text: String::new(),
+                    hash: String::new(),
+                    desired: esfleet_core::model::DesiredState::Launched,
+                    generation: 1,
+                    fence: Fence::Stop,
+                    enable: false,
+                    env: BTreeMap::new(),
+                    files: BTreeMap::new(),
+                },
+            );
         }
         // Unscheduled, but its stop has not run (or failed): still fenced.
         shared.set_desired(&BTreeMap::new());
         assert_eq!(shared.local().leftover, BTreeSet::from([gone.clone()]));
-        assert!(shared.local().fence_list.contains(&gone));
+        let l = shared.local();
+        assert!(fence_list(&l.desired, &l.leftover).any(|n| *n == gone));
+        drop(l);
         // Stopped and uninstalled: off the list.
         shared.local().installed.remove(&gone);
         shared.set_desired(&BTreeMap::new());
         assert!(shared.local().leftover.is_empty());
-        assert!(shared.local().fence_list.is_empty());
+        let l = shared.local();
+        assert_eq!(fence_list(&l.desired, &l.leftover).count(), 0);
     }
 }

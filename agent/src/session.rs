@@ -276,11 +276,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     /// Writes `text` aside and renames it over `path`, so a crash mid-write never leaves
     /// half a record. A failure is logged once, until a write succeeds again.
     fn write_aside(&mut self, path: &std::path::Path, text: &str, what: &str) {
-        let tmp = path.with_extension("new");
-        let res = std::fs::create_dir_all(path.parent().unwrap_or(std::path::Path::new("/")))
-            .and_then(|_| std::fs::write(&tmp, text))
-            .and_then(|_| std::fs::rename(&tmp, path));
-        match res {
+        match crate::state::replace(path, text) {
             Ok(()) => self.keep_failing = false,
             Err(e) if !self.keep_failing => {
                 self.keep_failing = true;
