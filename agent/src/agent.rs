@@ -238,16 +238,24 @@ struct Backoff {
     min: Duration,
     max: Duration,
     next: Duration,
+    rng: crate::jitter::Rng,
 }
 
 impl Backoff {
     fn new(min: Duration, max: Duration) -> Backoff {
-        Backoff { min, max, next: min }
+        Backoff {
+            min,
+            max,
+            next: min,
+            rng: crate::jitter::Rng::seeded(),
+        }
     }
+    /// The next wait: doubling, jittered over its upper half, so that agents failing
+    /// together (an overloaded or failed-over leader) do not retry in lockstep.
     fn fail(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
-        d
+        self.rng.jitter(d)
     }
     fn reset(&mut self) {
         self.next = self.min;

@@ -47,6 +47,18 @@ impl ClientError {
         matches!(self, ClientError::NoLeader { .. })
     }
 
+    /// etcd's "lease already exists": a grant of a lease id that is taken.
+    pub fn is_lease_exists(&self) -> bool {
+        matches!(self, ClientError::Rpc { status, .. }
+            if status.code() == Code::FailedPrecondition && status.message().contains("lease already exists"))
+    }
+
+    /// etcd's "too many requests": the leader refused the write unproposed because it is
+    /// behind; back off before trying again.
+    pub fn is_overloaded(&self) -> bool {
+        matches!(self, ClientError::Rpc { status, .. } if status.code() == Code::ResourceExhausted)
+    }
+
     /// etcd's `NotFound` (e.g. "requested lease not found").
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Rpc { status, .. } if status.code() == Code::NotFound)
@@ -163,12 +175,14 @@ impl Client {
         Err(res)
     }
 
-    /// Grants a lease; returns its id and the granted TTL (the member may raise it).
-    pub async fn grant(&mut self, ttl: i64) -> Result<(i64, i64)> {
+    /// Grants the lease `id` (etcd lets the client choose it, so a grant that timed out
+    /// after it was applied can be asked again without leaving a second lease behind);
+    /// returns its id and the granted TTL (the member may raise it).
+    pub async fn grant(&mut self, id: i64, ttl: i64) -> Result<(i64, i64)> {
         let r = self
             .call(|ch| async move {
                 LeaseClient::new(ch)
-                    .lease_grant(pb::LeaseGrantRequest { ttl, id: 0 })
+                    .lease_grant(pb::LeaseGrantRequest { ttl, id })
                     .await
                     .map(|r| r.into_inner())
             })

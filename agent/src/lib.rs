@@ -12,6 +12,7 @@ pub mod facts;
 pub mod fake;
 pub mod health;
 pub mod inspect;
+pub mod jitter;
 pub mod manager;
 pub mod reconcile;
 pub mod report;

@@ -36,6 +36,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::client::{Client, ClientError, Registration};
 use crate::config::Timing;
+use crate::jitter::Rng;
 
 /// What the rest of the agent sees of the session (a `watch` channel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -76,7 +77,9 @@ impl Phase {
 
 /// The coordinator calls the session makes ([`Client`] in the agent, a script in tests).
 pub trait LeaseApi: Send + 'static {
-    fn grant(&mut self, ttl: i64) -> impl Future<Output = Result<(i64, i64), ClientError>> + Send;
+    /// Grants the lease `id` (chosen by the caller, so that asking again after a timeout
+    /// cannot leave a second lease).
+    fn grant(&mut self, id: i64, ttl: i64) -> impl Future<Output = Result<(i64, i64), ClientError>> + Send;
     fn keep_alive(&mut self, lease: i64) -> impl Future<Output = Result<i64, ClientError>> + Send;
     fn register(
         &mut self,
@@ -93,8 +96,8 @@ impl LeaseApi for Client {
     fn rotate(&mut self) {
         Client::rotate(self)
     }
-    async fn grant(&mut self, ttl: i64) -> Result<(i64, i64), ClientError> {
-        Client::grant(self, ttl).await
+    async fn grant(&mut self, id: i64, ttl: i64) -> Result<(i64, i64), ClientError> {
+        Client::grant(self, id, ttl).await
     }
     async fn keep_alive(&mut self, lease: i64) -> Result<i64, ClientError> {
         Client::keep_alive(self, lease).await
@@ -126,8 +129,15 @@ pub struct Session<L, F> {
     /// units up for at most the outage grace after it ([`esfleet_core::lease`]).
     last_real_ack: Instant,
     next_keepalive: Instant,
-    /// Failed requests in a row (only the first of a streak is logged as a warning).
+    /// Failed requests in a row (only the first of a streak is logged as a warning; grants
+    /// and registrations back off exponentially with it).
     failures: u32,
+    /// The id of a grant that was asked for and not answered: it may have been applied, so
+    /// it is asked for again (a second lease would only expire, after costing a grant and a
+    /// revoke: under load, that is how a retry storm feeds itself).
+    pending_grant: Option<i64>,
+    /// For lease ids and retry jitter.
+    rng: Rng,
     status: watch::Sender<Status>,
     /// Where the current lease id is kept, so that a restarted agent takes the same lease
     /// over instead of leaving the machine to be declared lost (see [`Session::with_handoff`]).
@@ -165,6 +175,8 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 last_real_ack: now,
                 next_keepalive: now,
                 failures: 0,
+                pending_grant: None,
+                rng: Rng::seeded(),
                 status,
                 lease_file: None,
                 inherited: None,
@@ -452,42 +464,104 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 }
             }
         }
+        let id = match self.pending_grant {
+            Some(id) => id,
+            None => *self.pending_grant.insert(self.rng.lease_id()),
+        };
         let sent = Instant::now();
-        let Ok(answer) = tokio::time::timeout_at(self.deadline(), self.api.grant(self.timing.ttl_secs())).await else {
-            return phase; // the next step fences, or retries
+        let answer = match tokio::time::timeout_at(self.deadline(), self.api.grant(id, self.timing.ttl_secs())).await {
+            Ok(answer) => answer,
+            Err(_) if Instant::now() >= self.fence_at() && !matches!(phase, Phase::Fenced { .. }) => {
+                return phase; // the next step fences
+            }
+            Err(_) => Err(ClientError::Timeout {
+                endpoint: "the current member".into(),
+                timeout: Instant::now() - sent,
+            }),
         };
         match answer {
             Ok((lease, ttl)) => {
+                self.pending_grant = None;
                 self.acked(sent);
                 self.failures = 0;
                 self.next_keepalive = sent + self.timing.keepalive;
                 tracing::info!(lease = format!("{lease:x}"), ttl, "lease granted");
                 Phase::Registering { lease }
             }
-            Err(e) => {
-                if e.is_no_leader() && !matches!(phase, Phase::Fenced { .. }) {
+            Err(e) if e.is_lease_exists() => {
+                // An earlier ask for this id was applied after all: the lease is ours, its TTL
+                // running since then, so it counts once a renewal is acknowledged.
+                let sent = Instant::now();
+                match tokio::time::timeout_at(self.deadline(), self.api.keep_alive(id)).await {
+                    Ok(Ok(ttl)) if ttl > 0 => {
+                        self.pending_grant = None;
+                        self.acked(sent);
+                        self.failures = 0;
+                        self.next_keepalive = sent + self.timing.keepalive;
+                        tracing::info!(
+                            lease = format!("{id:x}"),
+                            "a grant that had timed out was applied after all; registering on that lease"
+                        );
+                        return Phase::Registering { lease: id };
+                    }
+                    // It expired meanwhile: ask for a fresh one.
+                    Ok(Ok(_)) => self.pending_grant = None,
+                    // Unknown: ask for the same id again.
+                    _ => {}
+                }
+                self.back_off(&e, "cannot grant a lease").await;
+                phase
+            }
+            Err(e) if e.is_no_leader() => {
+                // Nothing was proposed: asked again at the quick pace, whose answers keep
+                // moving the fence clock (a longer wait would let it run out).
+                if !matches!(phase, Phase::Fenced { .. }) {
                     self.no_leader(sent);
                 }
                 self.failures += 1;
                 if self.failures == 1 {
-                    tracing::warn!(error = %e, "cannot grant a lease; trying the next member");
-                } else {
-                    tracing::debug!(error = %e, failures = self.failures, "cannot grant a lease");
+                    tracing::warn!(error = %e, "cannot grant a lease; trying again");
                 }
                 self.wait(Instant::now() + retry_delay(self.timing)).await;
+                phase
+            }
+            Err(e) => {
+                self.back_off(&e, "cannot grant a lease").await;
                 phase
             }
         }
     }
 
+    /// After a failed grant or registration: logs (the first of a streak as a warning) and
+    /// waits a jittered delay that doubles with each failure in a row, from a quarter of the
+    /// keepalive interval up to the lease TTL, never past a fence deadline still ahead. Many
+    /// agents cut off together (an outage, an overloaded leader) then come back spread out
+    /// instead of in a synchronised storm of writes that the leader cannot commit in time.
+    async fn back_off(&mut self, e: &ClientError, what: &str) {
+        self.failures += 1;
+        let delay = backoff_delay(self.timing, self.failures, &mut self.rng);
+        if self.failures == 1 {
+            tracing::warn!(error = %e, retry_in = ?delay, "{what}; trying again");
+        } else {
+            tracing::debug!(error = %e, failures = self.failures, retry_in = ?delay, "{what}");
+        }
+        self.wait(Instant::now() + delay).await;
+    }
+
     async fn register(&mut self, lease: i64) -> Phase {
-        let Ok(answer) =
-            tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease)).await
-        else {
-            return Phase::Registering { lease };
-        };
+        let sent = Instant::now();
+        let answer =
+            match tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease)).await {
+                Ok(answer) => answer,
+                Err(_) if Instant::now() >= self.fence_at() => return Phase::Registering { lease }, // the next step fences
+                Err(_) => Err(ClientError::Timeout {
+                    endpoint: "the current member".into(),
+                    timeout: Instant::now() - sent,
+                }),
+            };
         match answer {
             Ok(Registration::Done) => {
+                self.failures = 0;
                 self.remember(Some(lease));
                 self.status.send_modify(|s| {
                     s.lease = Some(lease);
@@ -514,8 +588,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 Phase::Connecting
             }
             Err(e) => {
-                tracing::warn!(error = %e, "cannot register the machine; retrying");
-                self.wait(Instant::now() + retry_delay(self.timing)).await;
+                self.back_off(&e, "cannot register the machine").await;
                 Phase::Registering { lease }
             }
         }
@@ -697,6 +770,14 @@ fn retry_delay(t: Timing) -> Duration {
     (t.keepalive / 4).max(Duration::from_millis(50))
 }
 
+/// The wait after the `failures`-th failed grant or registration in a row: [`retry_delay`]
+/// doubled per failure up to the lease TTL, then drawn from its upper half.
+fn backoff_delay(t: Timing, failures: u32, rng: &mut Rng) -> Duration {
+    let base = retry_delay(t);
+    let ceiling = base.saturating_mul(1 << failures.saturating_sub(1).min(16));
+    rng.jitter(ceiling.min(t.lease_ttl.max(base)))
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::VecDeque;
@@ -718,6 +799,13 @@ mod tests {
         answers: Arc<Mutex<VecDeque<(Duration, Answer)>>>,
         start: Arc<Mutex<Option<Instant>>>,
         grants: Arc<Mutex<u32>>,
+        /// Every grant asked for, answered or not.
+        asks: Arc<Mutex<u32>>,
+        /// The next grant is applied (under the id asked for) and then times out, as a slow
+        /// leader's would.
+        slow_grant: Arc<Mutex<bool>>,
+        /// Ids granted by slow grants.
+        applied: Arc<Mutex<Vec<i64>>>,
     }
 
     impl Script {
@@ -743,7 +831,19 @@ mod tests {
     }
 
     impl LeaseApi for Script {
-        async fn grant(&mut self, _ttl: i64) -> Result<(i64, i64), ClientError> {
+        async fn grant(&mut self, id: i64, _ttl: i64) -> Result<(i64, i64), ClientError> {
+            *self.asks.lock().unwrap() += 1;
+            if self.applied.lock().unwrap().contains(&id) {
+                return Err(ClientError::Rpc {
+                    endpoint: "x".into(),
+                    status: tonic::Status::failed_precondition("etcdserver: lease already exists"),
+                });
+            }
+            if std::mem::take(&mut *self.slow_grant.lock().unwrap()) {
+                self.applied.lock().unwrap().push(id);
+                tokio::time::sleep(Timing::default().request_timeout).await;
+                return Err(Self::err(Answer::Down));
+            }
             match self.now() {
                 Answer::Ack | Answer::Gone => {
                     let mut g = self.grants.lock().unwrap();
@@ -793,13 +893,15 @@ mod tests {
     }
 
     fn session(script: &Script, fences: &Log) -> (Session<Script, Log>, watch::Receiver<Status>) {
-        Session::new(
+        let (mut s, status) = Session::new(
             script.clone(),
             fences.clone(),
             Timing::default(),
             "/esfleet/machines/m".into(),
             "{}".into(),
-        )
+        );
+        s.rng = Rng::from_seed(1); // the same delays on every run
+        (s, status)
     }
 
     #[tokio::test(start_paused = true)]
@@ -931,8 +1033,9 @@ mod tests {
         }
         assert!(matches!(phase, Phase::Fenced { .. }), "{phase:?}");
         // Last real acknowledgment at 2 s (keepalives every second from 0 s), by the
-        // first process; the grace less the margin is 29 s.
-        assert_eq!(fences.0.lock().unwrap()[..], [t0 + Duration::from_secs(2 + 29)]);
+        // first process; the grace less the margin is 29 s. (A process restarted after that
+        // fences again at its start: that stops nothing new.)
+        assert_eq!(fences.0.lock().unwrap()[0] - t0, Duration::from_secs(2 + 29));
         assert_eq!(
             std::fs::read_to_string(&file.0).unwrap(),
             "1\n",
@@ -1111,5 +1214,52 @@ mod tests {
         let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(6)).await;
         assert_eq!(phase, Phase::Fenced { lease: None });
         assert_eq!(fences.0.lock().unwrap()[0] - t0, Duration::from_secs(4));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_grant_applied_after_it_timed_out_is_taken_over_not_granted_twice() {
+        let script = Script::default();
+        *script.slow_grant.lock().unwrap() = true;
+        let fences = Log::default();
+        let (mut s, status) = session(&script, &fences);
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(3)).await;
+        let applied = script.applied.lock().unwrap().clone();
+        assert_eq!(applied.len(), 1, "the first grant was applied");
+        assert_eq!(
+            phase,
+            Phase::Registered { lease: applied[0] },
+            "registered on that lease"
+        );
+        assert_eq!(*script.grants.lock().unwrap(), 0, "no second lease was granted");
+        assert_eq!(*script.asks.lock().unwrap(), 2, "asked once more, for the same id");
+        assert_eq!(status.borrow().lease, Some(applied[0]));
+        assert!(fences.0.lock().unwrap().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn failing_grants_back_off_to_the_lease_ttl_and_recover_when_the_cluster_does() {
+        let script = Script::default();
+        script
+            .answers
+            .lock()
+            .unwrap()
+            .extend([(Duration::ZERO, Answer::Down), (Duration::from_secs(60), Answer::Ack)]);
+        script.now();
+        let fences = Log::default();
+        let (mut s, _) = session(&script, &fences);
+        let t0 = Instant::now();
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(60)).await;
+        assert_eq!(phase, Phase::Fenced { lease: None });
+        // Retried every 250 ms before the fence and every second after, that was 72 asks;
+        // doubling delays (each at least half of min(250 ms × 2^n, 5 s)) allow at most 30.
+        let asks = *script.asks.lock().unwrap();
+        assert!((12..=30).contains(&asks), "{asks} grants asked for in 60 s");
+        // Back within one longest delay (5 s) and a keepalive interval once it answers.
+        let mut phase = phase;
+        while !matches!(phase, Phase::Registered { .. }) {
+            phase = s.step(phase).await;
+        }
+        let back = Instant::now() - t0;
+        assert!(back <= Duration::from_secs(66), "registered again at {back:?}");
     }
 }

@@ -252,7 +252,7 @@ async fn a_leader_whose_followers_are_silent_acknowledges_no_keepalive() {
         .unwrap_or_else(|e| panic!("{e:?}"));
     let leader = c.leader().await.unwrap_or_else(|e| panic!("{e:?}"));
     let mut api = AgentClient::new(vec![c.endpoint(leader)], Duration::from_secs(2));
-    let (lease, _) = api.grant(10).await.expect("grant");
+    let (lease, _) = api.grant(0, 10).await.expect("grant");
     assert!(api.keep_alive(lease).await.expect("keepalive") > 0);
     let followers: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     for &f in &followers {
