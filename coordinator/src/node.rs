@@ -3,7 +3,7 @@
 //! read linearizable, change the membership, stamp a response header.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -47,7 +47,32 @@ pub struct Node {
     heard: std::sync::Mutex<Heard>,
     /// Where `heard` is kept for a restart within the boot.
     memo: Option<crate::memo::Memo>,
+    admission: Admission,
 }
+
+/// Whose write a proposal is, for admission on the leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// A write through etcd's KV or Lease API (agents' registrations and state reports,
+    /// `etcdctl`): refused at once with etcd's "too many requests" while the leader has
+    /// [`MAX_IN_FLIGHT`] proposals in flight.
+    Client,
+    /// The cluster's own work (scheduler plans, lease expiry, compaction, membership) and
+    /// operators' Fleet writes: always queued, so that an overload never starves them.
+    Cluster,
+}
+
+/// Proposals a leader keeps in flight before it refuses clients' writes. Like etcd's
+/// "too many requests" (which it answers when committed entries run 5,000 ahead of
+/// applied ones): a write queued behind more than the leader commits within a client's
+/// deadline is abandoned by the client and then still committed and applied; the client
+/// retries, adding more, and an overloaded leader never catches up (at 2,500 simulated
+/// machines, 100,000 proposals were applied after their clients had given up). About a
+/// second of this machine's commit rate; refused writes cost nothing and clients back off.
+pub const MAX_IN_FLIGHT: usize = 1000;
+
+/// The gRPC metadata by which a follower marks a forwarded write as a client's.
+pub const CLASS_HEADER: &str = "esfleet-class";
 
 /// Where a request for the leader goes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,6 +226,7 @@ impl Node {
                 kept: None,
             }),
             memo,
+            admission: Admission::new(MAX_IN_FLIGHT),
         }
     }
 
@@ -332,9 +358,19 @@ impl Node {
             })
     }
 
-    /// Proposes on this member, which must be the leader.
-    pub async fn propose_local(&self, req: InternalRequest) -> Result<InternalResponse, Status> {
-        match self.raft.client_write(Request(req)).await {
+    /// Proposes on this member, which must be the leader; a client's write only while
+    /// fewer than [`MAX_IN_FLIGHT`] proposals are in flight. A proposal counts until Raft
+    /// answers it, even if the caller gave up waiting: it is still in the log.
+    pub async fn propose_local(&self, req: InternalRequest, class: Class) -> Result<InternalResponse, Status> {
+        let slot = self.admission.admit(class)?;
+        let raft = self.raft.clone();
+        let answer = tokio::spawn(async move {
+            let _slot = slot;
+            raft.client_write(Request::new(&req)).await
+        })
+        .await
+        .map_err(|_| stopped())?;
+        match answer {
             Ok(resp) => Ok(resp.data.0),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(_))) => Err(not_leader()),
             Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
@@ -385,15 +421,25 @@ impl Node {
         }
     }
 
-    /// Proposes a request through the leader and returns the applied result; a request the
-    /// state machine refused comes back as the matching gRPC error.
+    /// Proposes a request of the cluster's own ([`Class::Cluster`]) through the leader and
+    /// returns the applied result; a request the state machine refused comes back as the
+    /// matching gRPC error.
     pub async fn propose(&self, req: InternalRequest) -> Result<InternalResponse, Status> {
+        self.propose_as(req, Class::Cluster).await
+    }
+
+    /// [`Node::propose`] for a write that came through etcd's API ([`Class::Client`]).
+    pub async fn propose_client(&self, req: InternalRequest) -> Result<InternalResponse, Status> {
+        self.propose_as(req, Class::Client).await
+    }
+
+    async fn propose_as(&self, req: InternalRequest, class: Class) -> Result<InternalResponse, Status> {
         let resp = self
             .via_leader(|target| {
                 let req = req.clone();
                 async move {
                     let Some(url) = target else {
-                        return self.propose_local(req).await;
+                        return self.propose_local(req, class).await;
                     };
                     let mut client = self.peers.get(&url)?;
                     let mut msg = tonic::Request::new(PeerMessage {
@@ -401,6 +447,10 @@ impl Node {
                         data: req.encode_to_vec().into(),
                     });
                     msg.set_timeout(self.request_timeout);
+                    if class == Class::Client {
+                        msg.metadata_mut()
+                            .insert(CLASS_HEADER, tonic::metadata::MetadataValue::from_static("client"));
+                    }
                     let reply = client.forward(msg).await?.into_inner();
                     InternalResponse::decode(reply.data.as_ref())
                         .map_err(|e| Status::internal(format!("garbled reply from the leader: {e}")))
@@ -414,7 +464,7 @@ impl Node {
     /// request the state machine refused comes back as the matching gRPC error. For what
     /// only the leader that decided it may propose (lease expiry).
     pub async fn propose_here(&self, req: InternalRequest) -> Result<InternalResponse, Status> {
-        match tokio::time::timeout(self.request_timeout, self.propose_local(req)).await {
+        match tokio::time::timeout(self.request_timeout, self.propose_local(req, Class::Cluster)).await {
             Ok(resp) => refused(resp?),
             Err(_) => Err(Status::deadline_exceeded("etcdserver: request timed out")),
         }
@@ -540,9 +590,81 @@ impl Node {
     }
 }
 
+/// Counts the proposals in flight on a member and admits clients' writes below a limit.
+struct Admission {
+    /// Proposals made on this member and not yet answered by Raft (abandoned ones too).
+    in_flight: Arc<AtomicUsize>,
+    limit: usize,
+    /// When the last refusal was logged.
+    logged: std::sync::Mutex<Option<tokio::time::Instant>>,
+}
+
+impl Admission {
+    fn new(limit: usize) -> Admission {
+        Admission {
+            in_flight: Arc::default(),
+            limit,
+            logged: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A slot for one proposal, held until Raft answers it; for a client's write only below
+    /// the limit, else etcd's "too many requests" (logged at most once every 10 s).
+    fn admit(&self, class: Class) -> Result<InFlight, Status> {
+        let queued = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let slot = InFlight(self.in_flight.clone());
+        if class == Class::Cluster || queued < self.limit {
+            return Ok(slot);
+        }
+        drop(slot);
+        let now = tokio::time::Instant::now();
+        let mut last = self.logged.lock().expect("poisoned");
+        if last.is_none_or(|at| now - at >= Duration::from_secs(10)) {
+            *last = Some(now);
+            tracing::warn!(
+                in_flight = queued,
+                limit = self.limit,
+                "refusing clients' writes with \"too many requests\": the leader is behind; clients back off \
+                 (the cluster's own writes still queue)"
+            );
+        }
+        Err(Status::resource_exhausted("etcdserver: too many requests"))
+    }
+}
+
+/// One proposal in flight on this member, counted until dropped.
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn clients_writes_are_refused_at_the_limit_and_the_clusters_never() {
+        let a = Admission::new(2);
+        let first = a.admit(Class::Client).unwrap();
+        let _second = a.admit(Class::Client).unwrap();
+        let refused = a.admit(Class::Client).map(|_| ()).unwrap_err();
+        assert_eq!(refused.code(), Code::ResourceExhausted);
+        assert_eq!(refused.message(), "etcdserver: too many requests");
+        // The cluster's own work queues past the limit, and counts.
+        let own = a.admit(Class::Cluster).unwrap();
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 3);
+        drop(first);
+        assert!(
+            a.admit(Class::Client).is_err(),
+            "still at the limit with the cluster's write"
+        );
+        drop(own);
+        let _third = a.admit(Class::Client).unwrap();
+        assert_eq!(a.in_flight.load(Ordering::Relaxed), 2, "refusals leave no count behind");
+    }
 
     const ET: Duration = Duration::from_secs(1);
     const SPAN: Duration = Duration::from_secs(60);

@@ -12,7 +12,9 @@ use esfleet_proto::etcdserverpb as pb;
 use esfleet_proto::raft::raft_peer_client::RaftPeerClient;
 use esfleet_proto::raft::raft_peer_server::RaftPeer;
 use esfleet_proto::raft::PeerMessage;
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, PayloadTooLarge, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse, VoteRequest,
@@ -23,7 +25,7 @@ use prost::Message;
 use serde::{de::DeserializeOwned, Serialize};
 use tokio::time::Instant;
 use tonic::transport::{Channel, Endpoint};
-use tonic::{Request, Response, Status};
+use tonic::{Code, Request, Response, Status};
 
 use crate::node::{MemberChange, Node};
 use crate::types::{PeerNode, TypeConfig};
@@ -94,6 +96,25 @@ impl PeerClients {
     }
 }
 
+/// The most bytes of entries one AppendEntries carries (one larger entry still goes
+/// alone). openraft batches up to 300 entries and gives the call one heartbeat interval
+/// (100 ms by default): a batch of scheduler plans of up to a megabyte each cannot arrive,
+/// be written and be synced in that time on a loaded machine, and was sent again and
+/// again, each time timing out, while the follower heard nothing else from this leader.
+const APPEND_BUDGET: u64 = 1 << 20;
+
+/// How many of `entries` fit in `budget` bytes (at least one), if not all of them.
+fn entries_within(entries: &[crate::types::Entry], budget: u64) -> Option<u64> {
+    let mut total = 0u64;
+    for (i, e) in entries.iter().enumerate() {
+        total += bincode::serialized_size(e).unwrap_or(0);
+        if total > budget && i > 0 {
+            return Some(i as u64);
+        }
+    }
+    None
+}
+
 pub fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, Status> {
     bincode::serialize(v).map_err(|e| Status::internal(format!("encode: {e}")))
 }
@@ -157,7 +178,19 @@ impl PeerConnection {
             "vote" => client.vote(msg).await,
             _ => client.install_snapshot(msg).await,
         }
-        .map_err(|s| unreachable(format!("{} ({}): {}", self.url, self.target, s.message())))?
+        .map_err(|s| {
+            let what = format!("{} ({}): {}", self.url, self.target, s.message());
+            match s.code() {
+                // Slow, not gone (openraft gives an AppendEntries one heartbeat interval): an
+                // Unreachable would stall replication to it for 500 ms of backoff, which on a
+                // loaded leader is how one slow fsync becomes a lost quorum.
+                Code::DeadlineExceeded | Code::Cancelled => RPCError::Network(NetworkError::new(&std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    what,
+                ))),
+                _ => unreachable(what),
+            }
+        })?
         .into_inner();
         let res: Result<Resp, RaftError<u64, E>> =
             bincode::deserialize(&reply.data).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
@@ -171,6 +204,10 @@ impl RaftNetwork<TypeConfig> for PeerConnection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<u64>, RpcErr> {
+        if let Some(fit) = entries_within(&rpc.entries, APPEND_BUDGET) {
+            // openraft sends this many at once from now on (for its next ten sends).
+            return Err(RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(fit)));
+        }
         let sent = Instant::now();
         let leader = *rpc.vote.leader_id();
         let res = self.call("append", &rpc, &option).await;
@@ -289,11 +326,16 @@ impl RaftPeer for PeerService {
     }
 
     async fn forward(&self, req: Request<PeerMessage>) -> Result<Response<PeerMessage>, Status> {
+        // A member older than admission classes marks nothing: its writes queue as before.
+        let class = match req.metadata().get(crate::node::CLASS_HEADER) {
+            Some(v) if v == "client" => crate::node::Class::Client,
+            _ => crate::node::Class::Cluster,
+        };
         let msg = req.into_inner();
         self.check(&msg)?;
         let request = esfleet_proto::raft::InternalRequest::decode(msg.data.as_ref())
             .map_err(|e| Status::invalid_argument(format!("garbled forwarded request: {e}")))?;
-        let resp = self.node.propose_local(request).await?;
+        let resp = self.node.propose_local(request, class).await?;
         Ok(Response::new(PeerMessage {
             cluster_id: self.node.cluster_id.load(Ordering::Relaxed),
             data: resp.encode_to_vec().into(),
@@ -336,5 +378,58 @@ impl RaftPeer for PeerService {
         let change: MemberChange = decode(&msg.data)?;
         self.node.change_members_local(change).await?;
         self.reply(&())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use esfleet_proto::etcdserverpb::{request_op, PutRequest, RequestOp, TxnRequest};
+    use esfleet_proto::raft::{internal_request, InternalRequest};
+    use openraft::{CommittedLeaderId, EntryPayload, LogId};
+
+    use super::*;
+    use crate::types::{Entry, Request};
+
+    /// An entry putting a value of `len` bytes.
+    fn entry(index: u64, len: usize) -> Entry {
+        let put = RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: b"k".to_vec().into(),
+                value: vec![0u8; len].into(),
+                ..Default::default()
+            })),
+        };
+        Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
+            payload: EntryPayload::Normal(Request::new(&InternalRequest {
+                request: Some(internal_request::Request::Txn(TxnRequest {
+                    success: vec![put],
+                    ..Default::default()
+                })),
+            })),
+        }
+    }
+
+    #[test]
+    fn an_append_carries_at_most_the_budget_and_always_one_entry() {
+        let small: Vec<Entry> = (1..=300).map(|i| entry(i, 100)).collect();
+        assert_eq!(
+            entries_within(&small, APPEND_BUDGET),
+            None,
+            "300 small entries go together"
+        );
+        let big: Vec<Entry> = (1..=10).map(|i| entry(i, 300 * 1024)).collect();
+        assert_eq!(
+            entries_within(&big, APPEND_BUDGET),
+            Some(3),
+            "three of 300 KiB fit in 1 MiB"
+        );
+        let huge = vec![entry(1, 2 << 20), entry(2, 10)];
+        assert_eq!(
+            entries_within(&huge, APPEND_BUDGET),
+            Some(1),
+            "a larger entry goes alone"
+        );
+        assert_eq!(entries_within(&huge[..1], APPEND_BUDGET), None);
     }
 }

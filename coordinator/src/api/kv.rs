@@ -33,7 +33,7 @@ fn single_op(op: pb::request_op::Request) -> InternalRequest {
 
 impl KvService {
     async fn write_txn(&self, req: InternalRequest) -> Result<pb::TxnResponse, Status> {
-        let resp = self.node.propose(req).await?;
+        let resp = self.node.propose_client(req).await?;
         match resp.response {
             Some(internal_response::Response::Txn(mut t)) => {
                 fill_headers(&mut t, &self.node.header(resp.revision));
@@ -119,7 +119,7 @@ impl Kv for KvService {
         let c = req.into_inner();
         let resp = self
             .node
-            .propose(InternalRequest {
+            .propose_client(InternalRequest {
                 request: Some(internal_request::Request::Compaction(c)),
             })
             .await?;

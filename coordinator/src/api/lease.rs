@@ -35,7 +35,7 @@ impl Lease for LeaseService {
         let grant = pb::LeaseGrantRequest { ttl, id };
         let resp = self
             .node
-            .propose(InternalRequest {
+            .propose_client(InternalRequest {
                 request: Some(internal_request::Request::LeaseGrant(grant)),
             })
             .await?;
@@ -54,7 +54,7 @@ impl Lease for LeaseService {
         let r = req.into_inner();
         let resp = self
             .node
-            .propose(InternalRequest {
+            .propose_client(InternalRequest {
                 request: Some(internal_request::Request::LeaseRevoke(r)),
             })
             .await?;

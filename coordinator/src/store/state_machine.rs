@@ -201,7 +201,17 @@ impl StateMachine {
                 message: e.to_string(),
             })
         };
-        Ok(match req.0.request {
+        let req = match req.decode() {
+            Ok(req) => req,
+            // Only a faulty peer could have put it in the log: refused alike everywhere.
+            Err(e) => {
+                return Ok(A::Error(ApplyError {
+                    code: tonic::Code::InvalidArgument as i32,
+                    message: format!("a log entry is not a request: {e}"),
+                }))
+            }
+        };
+        Ok(match req.request {
             Some(R::Txn(txn)) => match m.apply_txn(&txn, batch, changes) {
                 Ok(resp) => A::Txn(resp),
                 Err(MvccError::Kv(e)) => refused(e),
@@ -500,7 +510,7 @@ mod tests {
         };
         Entry {
             log_id: LogId::new(CommittedLeaderId::new(1, 1), index),
-            payload: EntryPayload::Normal(Request(InternalRequest {
+            payload: EntryPayload::Normal(Request::new(&InternalRequest {
                 request: Some(internal_request::Request::Txn(TxnRequest {
                     success: vec![op],
                     ..Default::default()
@@ -548,6 +558,31 @@ mod tests {
             })
             .unwrap();
         r.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    #[tokio::test]
+    async fn an_entry_that_is_not_a_request_is_refused_and_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = mem();
+        let mut sm = open(&backend, dir.path()).unwrap();
+        apply_puts(&mut sm, 1, 3).await;
+        let before = sm.shared.mvcc.read().unwrap().revision();
+        // A length-delimited field that runs past the end: not protobuf.
+        let garbled: Request = bincode::deserialize(&bincode::serialize(&vec![0x0au8, 0x7f, 0x01]).unwrap()).unwrap();
+        let entry = Entry {
+            log_id: LogId::new(CommittedLeaderId::new(1, 1), 3),
+            payload: EntryPayload::Normal(garbled),
+        };
+        let resp = sm.apply(vec![entry]).await.unwrap();
+        match &resp[0].0.response {
+            Some(internal_response::Response::Error(e)) => {
+                assert_eq!(e.code, tonic::Code::InvalidArgument as i32);
+                assert!(e.message.contains("not a request"), "{}", e.message);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(sm.shared.mvcc.read().unwrap().revision(), before);
+        assert_eq!(sm.meta.applied.map(|l| l.index), Some(3), "applied all the same");
     }
 
     #[tokio::test]
