@@ -265,8 +265,7 @@ impl Session {
                 continue;
             }
             let events: Vec<Event> = b
-                .events
-                .iter()
+                .in_range(&w.range)
                 .filter(|e| w.wants(e))
                 .map(|e| {
                     let mut e = e.clone();

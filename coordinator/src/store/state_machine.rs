@@ -19,7 +19,7 @@ use tokio::sync::broadcast;
 
 use super::backend::{Backend, BackendError, WriteBatch};
 use super::keys;
-use super::mvcc::{Changes, Mvcc, MvccError, SnapshotBody};
+use super::mvcc::{Changes, KeyRange, Mvcc, MvccError, SnapshotBody};
 use super::snapshots::{self, SnapshotDir, SnapshotError, SnapshotFile, SnapshotPointer};
 use crate::types::{LogId, PeerNode, Request, Response, StorageError, StoredMembership, TypeConfig};
 
@@ -31,6 +31,48 @@ pub struct WatchBatch {
     /// The state was replaced wholesale (a snapshot was installed): watchers must re-read
     /// history from where they were instead of trusting the stream.
     pub resync: bool,
+    /// `events`' positions in key order: every watch session looks at every batch, and a
+    /// machine's watch finds its few events among a scheduler plan's thousands by a search,
+    /// not by comparing each one's key (which, for 2,500 watchers, was a fifth of a loaded
+    /// leader's CPU).
+    by_key: Vec<u32>,
+}
+
+impl WatchBatch {
+    pub fn new(revision: i64, events: Vec<Event>, resync: bool) -> WatchBatch {
+        let mut by_key: Vec<u32> = (0..events.len() as u32).collect();
+        by_key.sort_by(|a, b| event_key(&events[*a as usize]).cmp(event_key(&events[*b as usize])));
+        WatchBatch {
+            revision,
+            events,
+            resync,
+            by_key,
+        }
+    }
+
+    /// The events whose key is in `range`, in their order in the batch.
+    pub fn in_range<'a>(&'a self, range: &KeyRange) -> impl Iterator<Item = &'a Event> + 'a {
+        let from = match range.start() {
+            std::ops::Bound::Included(s) => self
+                .by_key
+                .partition_point(|i| event_key(&self.events[*i as usize]) < s),
+            std::ops::Bound::Excluded(s) => self
+                .by_key
+                .partition_point(|i| event_key(&self.events[*i as usize]) <= s),
+            std::ops::Bound::Unbounded => 0,
+        };
+        let mut found: Vec<u32> = self.by_key[from..]
+            .iter()
+            .take_while(|i| range.contains(event_key(&self.events[**i as usize])))
+            .copied()
+            .collect();
+        found.sort_unstable();
+        found.into_iter().map(|i| &self.events[i as usize])
+    }
+}
+
+fn event_key(e: &Event) -> &[u8] {
+    e.kv.as_ref().map(|kv| kv.key.as_ref()).unwrap_or_default()
 }
 
 /// Lease grants and revocations, for the leader-local lease keeper.
@@ -260,11 +302,10 @@ impl StateMachine {
         }
         if !changes.events.is_empty() {
             // No receivers is fine: nobody watches.
-            let _ = self.shared.watch_tx.send(Arc::new(WatchBatch {
-                revision: changes.revision,
-                events: changes.events,
-                resync: false,
-            }));
+            let _ = self
+                .shared
+                .watch_tx
+                .send(Arc::new(WatchBatch::new(changes.revision, changes.events, false)));
         }
     }
 }
@@ -411,11 +452,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         if let Some(o) = self.shared.lease_observer.read().expect("poisoned").as_ref() {
             o.reset(leases);
         }
-        let _ = self.shared.watch_tx.send(Arc::new(WatchBatch {
-            revision,
-            events: Vec::new(),
-            resync: true,
-        }));
+        let _ = self
+            .shared
+            .watch_tx
+            .send(Arc::new(WatchBatch::new(revision, Vec::new(), true)));
         Ok(())
     }
 
@@ -558,6 +598,37 @@ mod tests {
             })
             .unwrap();
         r.kvs.first().map(|kv| kv.value.clone())
+    }
+
+    #[test]
+    fn a_batch_finds_a_ranges_events_in_their_order() {
+        let ev = |k: &str, v: &str| Event {
+            kv: Some(esfleet_proto::mvccpb::KeyValue {
+                key: Bytes::copy_from_slice(k.as_bytes()),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let keys = ["s/m2/b", "s/m1/x", "t", "s/m2/a", "s/m1/a", "s/m2/b", "a", "s/m2"];
+        let events: Vec<Event> = keys.iter().enumerate().map(|(i, k)| ev(k, &i.to_string())).collect();
+        let batch = WatchBatch::new(7, events.clone(), false);
+        let b = |s: &str| Bytes::copy_from_slice(s.as_bytes());
+        for range in [
+            KeyRange::new(&b("s/m2/"), &b("s/m20")),
+            KeyRange::new(&b("s/m1/x"), &Bytes::new()),
+            KeyRange::new(&b("s/m2/b"), &Bytes::new()),
+            KeyRange::new(&Bytes::from_static(&[0]), &Bytes::from_static(&[0])),
+            KeyRange::new(&b("s/"), &Bytes::from_static(&[0])),
+            KeyRange::new(&b("u"), &b("v")),
+        ] {
+            let naive: Vec<&Event> = events
+                .iter()
+                .filter(|e| range.contains(&e.kv.as_ref().unwrap().key))
+                .collect();
+            assert_eq!(batch.in_range(&range).collect::<Vec<_>>(), naive);
+        }
+        assert_eq!(batch.in_range(&KeyRange::new(&b("s/m2/"), &b("s/m20"))).count(), 3);
     }
 
     #[tokio::test]

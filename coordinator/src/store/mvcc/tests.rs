@@ -431,3 +431,97 @@ fn read_only_txn_answers_like_the_write_path() {
     assert_eq!(t.m.revision(), before, "a read-only txn took a revision");
     assert!(changes.events.is_empty());
 }
+
+/// Reads all of a range's history from `from` in chunks of `max`, through `read`.
+fn read_all(
+    m: &Mvcc,
+    from: i64,
+    max: usize,
+    mut read: impl FnMut(&Mvcc, i64, usize) -> Result<(Vec<(i64, Event)>, i64), MvccError>,
+) -> Vec<(i64, Event)> {
+    let mut out = Vec::new();
+    let mut next = from;
+    while next <= m.revision() {
+        let (events, n) = read(m, next, max).unwrap();
+        assert!(n > next, "no progress at {next}");
+        out.extend(events);
+        next = n;
+    }
+    out
+}
+
+#[test]
+fn history_through_the_key_index_matches_the_full_scan() {
+    let mut t = T::new();
+    let mut seed: u64 = 0x5eed;
+    let mut rand = |n: u64| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    let keys = ["p/a", "p/b", "p/c", "q/a", "q/b", "r"];
+    for step in 0..400 {
+        let k = keys[rand(keys.len() as u64) as usize];
+        match rand(10) {
+            0 => {
+                t.del(k, "");
+            }
+            1 => {
+                // Several changes in one revision.
+                let ops = (0..3)
+                    .map(|i| pb::RequestOp {
+                        request: Some(request_op::Request::RequestPut(pb::PutRequest {
+                            key: b(keys[(rand(6) as usize + i) % keys.len()]),
+                            value: b(&format!("{step}.{i}")),
+                            ..Default::default()
+                        })),
+                    })
+                    .collect();
+                t.txn(pb::TxnRequest {
+                    success: ops,
+                    ..Default::default()
+                })
+                .unwrap();
+            }
+            2 => {
+                t.del("p/", "p0");
+            }
+            _ => {
+                t.put(k, &format!("{step}"));
+            }
+        }
+        if step == 200 {
+            let at = t.m.revision() - 50;
+            t.compact(at).unwrap();
+        }
+    }
+    let ranges = [
+        KeyRange::new(&b("p/"), &b("p0")),
+        KeyRange::new(&b("q/a"), &Bytes::new()),
+        KeyRange::new(&b("r"), &Bytes::new()),
+        KeyRange::new(&b("q/"), &Bytes::from_static(&[0])),
+        KeyRange::new(&b("zz"), &Bytes::new()),
+    ];
+    let from_min = t.m.compact_revision();
+    let mut compared = 0;
+    for range in &ranges {
+        for from in [
+            from_min,
+            from_min + 1,
+            from_min + 37,
+            t.m.revision(),
+            t.m.revision() + 1,
+        ] {
+            for (max, prev) in [(1, false), (5, true), (1000, true)] {
+                let indexed = read_all(&t.m, from, max, |m, f, x| {
+                    m.history_of(m.revisions_in(range, f, INDEXED_HISTORY_KEYS).unwrap(), prev, x)
+                });
+                let scanned = read_all(&t.m, from, max, |m, f, x| m.history_scan(f, range, prev, x));
+                assert_eq!(indexed, scanned, "from {from}, max {max}");
+                compared += indexed.len();
+            }
+        }
+    }
+    assert!(compared > 500, "only {compared} events compared");
+    // More keys than the limit: the full scan is used.
+    assert!(t.m.revisions_in(&ranges[0], 0, 1).is_none());
+}
