@@ -76,6 +76,12 @@ struct Args {
     /// Stop after the convergence phase (for finding the knee).
     #[arg(long)]
     converge_only: bool,
+    /// The members' `--heartbeat-interval` (ms) [default: the member's, 100].
+    #[arg(long)]
+    heartbeat_interval: Option<u64>,
+    /// The members' `--election-timeout` (ms) [default: the member's, 1000].
+    #[arg(long)]
+    election_timeout: Option<u64>,
     /// After everything else, churn (stop/start 100 units at a time) for this long and
     /// report the data dirs' growth.
     #[arg(long)]
@@ -143,7 +149,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         machines.div_ceil(per_process)
     );
 
-    let cluster = ProcessCluster::start_with(Flavor::Esfleet, 3, Options::default()).await?;
+    let options = Options {
+        heartbeat_interval_ms: args.heartbeat_interval,
+        election_timeout_ms: args.election_timeout,
+        ..Options::default()
+    };
+    let cluster = ProcessCluster::start_with(Flavor::Esfleet, 3, options).await?;
     let endpoints = cluster.endpoints();
     let exe = std::env::current_exe()?;
     let mut children = Vec::new();
