@@ -180,9 +180,18 @@ impl Leading {
         let mut live = self.node.store.watch_tx.subscribe();
         let mut failures = 0u32;
         loop {
+            let started = Instant::now();
+            // After a pass that found nothing to do, a change waits as long as that pass took:
+            // at 2,500 machines agents' state reports trigger a pass every few milliseconds,
+            // and back-to-back passes of seconds each took a whole core from the leader's
+            // Raft, keepalives and watches. A pass that acted is followed at once.
+            let mut idle = Duration::ZERO;
             let wake_at = match self.pass().await {
                 Ok(r) => {
                     failures = 0;
+                    if r.actions == 0 {
+                        idle = started.elapsed().min(self.cfg.resync);
+                    }
                     if r.actions > 0 || r.unplaceable > 0 {
                         tracing::debug!(
                             revision = r.revision,
@@ -218,12 +227,13 @@ impl Leading {
             };
             let resync_at = Instant::now() + self.cfg.resync;
             let deadline = wake_at.map_or(resync_at, |w| w.min(resync_at));
-            self.wait(&mut live, deadline).await;
+            self.wait(&mut live, deadline, idle).await;
         }
     }
 
-    /// Waits until `deadline` or a relevant change (then a short debounce).
-    async fn wait(&self, live: &mut broadcast::Receiver<Arc<WatchBatch>>, deadline: Instant) {
+    /// Waits until `deadline` or a relevant change, then a short debounce, or `idle` if
+    /// longer (never past `deadline`).
+    async fn wait(&self, live: &mut broadcast::Receiver<Arc<WatchBatch>>, deadline: Instant, idle: Duration) {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return,
@@ -237,7 +247,13 @@ impl Leading {
                 },
             }
         }
-        tokio::time::sleep(self.cfg.debounce).await;
+        let now = Instant::now();
+        // A deadline (a suspect machine's margin ending) cuts a long pause short, never the
+        // debounce.
+        let until = (now + self.cfg.debounce.max(idle))
+            .min(deadline)
+            .max(now + self.cfg.debounce);
+        tokio::time::sleep_until(until).await;
         // Everything that arrived meanwhile is covered by the pass about to run.
         while !matches!(
             live.try_recv(),
