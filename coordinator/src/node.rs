@@ -48,6 +48,7 @@ pub struct Node {
     /// Where `heard` is kept for a restart within the boot.
     memo: Option<crate::memo::Memo>,
     admission: Admission,
+    reads: Arc<std::sync::Mutex<ReadIndexQueue>>,
 }
 
 /// Whose write a proposal is, for admission on the leader.
@@ -227,6 +228,7 @@ impl Node {
             }),
             memo,
             admission: Admission::new(MAX_IN_FLIGHT),
+            reads: Arc::default(),
         }
     }
 
@@ -472,25 +474,17 @@ impl Node {
 
     /// The leader's read index (this member must lead and still have a quorum).
     ///
-    /// Confirming leadership is one heartbeat round with a short timeout; on a starved
-    /// machine one round can miss while the quorum is fine, so it is tried three times
-    /// before the caller hears "lost quorum".
+    /// Concurrent callers share rounds, as etcd's read loop does: a caller joins the next
+    /// round to start, never one already running (whose index may predate its request).
+    /// With 2,500 agents re-reading their schedules, a round per read was thousands of
+    /// heartbeat rounds a second, most of them timing out.
     pub async fn leader_read_index(&self) -> Result<u64, Status> {
-        const ATTEMPTS: u32 = 3;
-        for attempt in 1..=ATTEMPTS {
-            match self.raft.get_read_log_id().await {
-                Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
-                Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => return Err(not_leader()),
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) if attempt < ATTEMPTS => {
-                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-                }
-                Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
-                    return Err(Status::unavailable("etcdserver: leader lost quorum"))
-                }
-                Err(RaftError::Fatal(_)) => return Err(stopped()),
-            }
-        }
-        unreachable!("the last attempt returns")
+        let raft = self.raft.clone();
+        join_round(&self.reads, move || {
+            let raft = raft.clone();
+            async move { read_index_round(&raft).await }
+        })
+        .await
     }
 
     /// Waits until this member has applied everything committed before the call: after
@@ -590,6 +584,69 @@ impl Node {
     }
 }
 
+/// One read-index round: confirming leadership is one heartbeat round with a short timeout;
+/// on a starved machine one round can miss while the quorum is fine, so it is tried three
+/// times before the callers hear "lost quorum".
+async fn read_index_round(raft: &Raft) -> Result<u64, Status> {
+    const ATTEMPTS: u32 = 3;
+    for attempt in 1..=ATTEMPTS {
+        match raft.get_read_log_id().await {
+            Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => return Err(not_leader()),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) if attempt < ATTEMPTS => {
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
+                return Err(Status::unavailable("etcdserver: leader lost quorum"))
+            }
+            Err(RaftError::Fatal(_)) => return Err(stopped()),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// Linearizable reads waiting for the next read-index round, and whether one is running.
+#[derive(Default)]
+struct ReadIndexQueue {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, Status>>>,
+    running: bool,
+}
+
+/// Waits for the result of the next `round` to start; starts rounds (in a task of their
+/// own, so that a caller giving up strands nobody) while callers wait.
+async fn join_round<F, Fut>(queue: &Arc<std::sync::Mutex<ReadIndexQueue>>, round: F) -> Result<u64, Status>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<u64, Status>> + Send,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let start = {
+        let mut q = queue.lock().expect("poisoned");
+        q.waiting.push(tx);
+        !std::mem::replace(&mut q.running, true)
+    };
+    if start {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            loop {
+                let waiting = {
+                    let mut q = queue.lock().expect("poisoned");
+                    if q.waiting.is_empty() {
+                        q.running = false;
+                        return;
+                    }
+                    std::mem::take(&mut q.waiting)
+                };
+                let index = round().await;
+                for tx in waiting {
+                    let _ = tx.send(index.clone());
+                }
+            }
+        });
+    }
+    rx.await.map_err(|_| stopped())?
+}
+
 /// Counts the proposals in flight on a member and admits clients' writes below a limit.
 struct Admission {
     /// Proposals made on this member and not yet answered by Raft (abandoned ones too).
@@ -644,6 +701,49 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn reads_share_rounds_but_never_one_that_began_before_them() {
+        let queue = Arc::new(std::sync::Mutex::new(ReadIndexQueue::default()));
+        let rounds = Arc::new(AtomicU64::new(0));
+        // Round n answers n, after 10 ms.
+        let round = {
+            let rounds = rounds.clone();
+            move || {
+                let n = rounds.fetch_add(1, Ordering::SeqCst) + 1;
+                async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    Ok(n)
+                }
+            }
+        };
+        let first: Vec<_> = (0..50)
+            .map(|_| {
+                let (queue, round) = (queue.clone(), round.clone());
+                tokio::spawn(async move { join_round(&queue, round).await })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await; // round 1 is running
+        let late: Vec<_> = (0..50)
+            .map(|_| {
+                let (queue, round) = (queue.clone(), round.clone());
+                tokio::spawn(async move { join_round(&queue, round).await })
+            })
+            .collect();
+        for h in first {
+            assert_eq!(h.await.unwrap().unwrap(), 1, "the 50 first reads share round 1");
+        }
+        for h in late {
+            assert_eq!(
+                h.await.unwrap().unwrap(),
+                2,
+                "reads that came during round 1 wait for round 2"
+            );
+        }
+        assert_eq!(rounds.load(Ordering::SeqCst), 2);
+        assert!(!queue.lock().unwrap().running, "the round task ends when nobody waits");
+    }
 
     #[test]
     fn clients_writes_are_refused_at_the_limit_and_the_clusters_never() {
