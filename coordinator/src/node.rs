@@ -479,10 +479,10 @@ impl Node {
     /// With 2,500 agents re-reading their schedules, a round per read was thousands of
     /// heartbeat rounds a second, most of them timing out.
     pub async fn leader_read_index(&self) -> Result<u64, Status> {
-        let raft = self.raft.clone();
+        let (raft, patience) = (self.raft.clone(), self.request_timeout / 2);
         join_round(&self.reads, move || {
             let raft = raft.clone();
-            async move { read_index_round(&raft).await }
+            async move { read_index_round(&raft, patience).await }
         })
         .await
     }
@@ -584,17 +584,20 @@ impl Node {
     }
 }
 
-/// One read-index round: confirming leadership is one heartbeat round with a short timeout;
-/// on a starved machine one round can miss while the quorum is fine, so it is tried three
-/// times before the callers hear "lost quorum".
-async fn read_index_round(raft: &Raft) -> Result<u64, Status> {
-    const ATTEMPTS: u32 = 3;
-    for attempt in 1..=ATTEMPTS {
+/// One read-index round: confirming leadership is one heartbeat round with a short timeout
+/// (one heartbeat interval); on a loaded machine a round can miss while the quorum is fine,
+/// so it is tried again for up to `patience` before the callers hear "lost quorum". Every
+/// waiting read shares the outcome, so giving up early failed them all at once.
+async fn read_index_round(raft: &Raft, patience: Duration) -> Result<u64, Status> {
+    let deadline = tokio::time::Instant::now() + patience;
+    loop {
         match raft.get_read_log_id().await {
             Ok((read, _)) => return Ok(read.map_or(0, |l| l.index)),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => return Err(not_leader()),
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) if attempt < ATTEMPTS => {
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_)))
+                if tokio::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => {
                 return Err(Status::unavailable("etcdserver: leader lost quorum"))
@@ -602,7 +605,6 @@ async fn read_index_round(raft: &Raft) -> Result<u64, Status> {
             Err(RaftError::Fatal(_)) => return Err(stopped()),
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 /// Linearizable reads waiting for the next read-index round, and whether one is running.
