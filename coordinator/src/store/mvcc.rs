@@ -308,13 +308,16 @@ impl Mvcc {
         if r.tombstone {
             return Ok(None);
         }
+        Ok(self.load_event(r)?.kv)
+    }
+
+    /// The event stored at revision `r`.
+    fn load_event(&self, r: Rev) -> Result<Event, BackendError> {
         let v = self
             .backend
             .get(&keys::rev(r.main, r.sub))?
             .ok_or_else(|| BackendError::Corrupt(format!("revision {}.{} missing", r.main, r.sub)))?;
-        let ev = Event::decode(v.as_slice())
-            .map_err(|e| BackendError::Corrupt(format!("revision {}.{}: {e}", r.main, r.sub)))?;
-        Ok(ev.kv)
+        Event::decode(v.as_slice()).map_err(|e| BackendError::Corrupt(format!("revision {}.{}: {e}", r.main, r.sub)))
     }
 
     fn kv_at(&self, h: &KeyHistory, at: i64) -> Result<Option<KeyValue>, BackendError> {
@@ -864,12 +867,7 @@ impl Mvcc {
                 return Ok((out, r.main));
             }
             last_main = Some(r.main);
-            let v = self
-                .backend
-                .get(&keys::rev(r.main, r.sub))?
-                .ok_or_else(|| BackendError::Corrupt(format!("revision {}.{} missing", r.main, r.sub)))?;
-            let mut ev = Event::decode(v.as_slice())
-                .map_err(|e| BackendError::Corrupt(format!("revision {}.{}: {e}", r.main, r.sub)))?;
+            let mut ev = self.load_event(r)?;
             if want_prev {
                 ev.prev_kv = self.prev_of(key, r.main, r.sub)?;
             }
