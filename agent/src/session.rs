@@ -129,9 +129,11 @@ pub struct Session<L, F> {
     /// units up for at most the outage grace after it ([`esfleet_core::lease`]).
     last_real_ack: Instant,
     next_keepalive: Instant,
-    /// Failed requests in a row (only the first of a streak is logged as a warning; grants
-    /// and registrations back off exponentially with it).
+    /// Failed requests in a row (only the first of a streak is logged as a warning).
     failures: u32,
+    /// Grants and registrations refused or unanswered in a row ("no leader" answers not
+    /// counted): their backoff doubles with it.
+    backoffs: u32,
     /// The id of a grant that was asked for and not answered: it may have been applied, so
     /// it is asked for again (a second lease would only expire, after costing a grant and a
     /// revoke: under load, that is how a retry storm feeds itself).
@@ -175,6 +177,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 last_real_ack: now,
                 next_keepalive: now,
                 failures: 0,
+                backoffs: 0,
                 pending_grant: None,
                 rng: Rng::seeded(),
                 status,
@@ -434,12 +437,12 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     /// deadline is behind and no longer shortens waits).
     async fn wait(&self, at: Instant) {
         let fence_at = self.fence_at();
-        sleep_until(if fence_at > Instant::now() {
-            at.min(fence_at)
-        } else {
-            at
-        })
-        .await;
+        if fence_at > Instant::now() {
+            sleep_until(at.min(fence_at)).await;
+        } else if self.status.borrow().fenced {
+            sleep_until(at).await;
+        }
+        // Else the fence is due and not done: no wait at all, the next step fences.
     }
 
     async fn connect(&mut self, phase: Phase) -> Phase {
@@ -484,6 +487,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 self.pending_grant = None;
                 self.acked(sent);
                 self.failures = 0;
+                self.backoffs = 0;
                 self.next_keepalive = sent + self.timing.keepalive;
                 tracing::info!(lease = format!("{lease:x}"), ttl, "lease granted");
                 Phase::Registering { lease }
@@ -497,6 +501,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                         self.pending_grant = None;
                         self.acked(sent);
                         self.failures = 0;
+                        self.backoffs = 0;
                         self.next_keepalive = sent + self.timing.keepalive;
                         tracing::info!(
                             lease = format!("{id:x}"),
@@ -539,7 +544,9 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     /// instead of in a synchronised storm of writes that the leader cannot commit in time.
     async fn back_off(&mut self, e: &ClientError, what: &str) {
         self.failures += 1;
-        let delay = backoff_delay(self.timing, self.failures, &mut self.rng);
+        self.backoffs += 1;
+        let fenced = self.status.borrow().fenced;
+        let delay = backoff_delay(self.timing, self.backoffs, fenced, &mut self.rng);
         if self.failures == 1 {
             tracing::warn!(error = %e, retry_in = ?delay, "{what}; trying again");
         } else {
@@ -562,6 +569,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         match answer {
             Ok(Registration::Done) => {
                 self.failures = 0;
+                self.backoffs = 0;
                 self.remember(Some(lease));
                 self.status.send_modify(|s| {
                     s.lease = Some(lease);
@@ -627,6 +635,7 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 self.acked(sent);
                 self.next_keepalive = sent + self.timing.keepalive;
                 self.failures = 0;
+                self.backoffs = 0;
                 if matches!(phase, Phase::Suspect { .. }) {
                     tracing::info!(lease = format!("{lease:x}"), "keepalives acknowledged again");
                 }
@@ -771,11 +780,14 @@ fn retry_delay(t: Timing) -> Duration {
 }
 
 /// The wait after the `failures`-th failed grant or registration in a row: [`retry_delay`]
-/// doubled per failure up to the lease TTL, then drawn from its upper half.
-fn backoff_delay(t: Timing, failures: u32, rng: &mut Rng) -> Duration {
+/// doubled per failure, then drawn from its upper half. Up to a quarter of the fence window
+/// while units still run (several more tries before the fence), up to the lease TTL once
+/// they are fenced (nothing left to lose by waiting).
+fn backoff_delay(t: Timing, failures: u32, fenced: bool, rng: &mut Rng) -> Duration {
     let base = retry_delay(t);
     let ceiling = base.saturating_mul(1 << failures.saturating_sub(1).min(16));
-    rng.jitter(ceiling.min(t.lease_ttl.max(base)))
+    let most = if fenced { t.lease_ttl } else { t.fence_after() / 4 };
+    rng.jitter(ceiling.min(most.max(base)))
 }
 
 #[cfg(test)]
@@ -806,6 +818,8 @@ mod tests {
         slow_grant: Arc<Mutex<bool>>,
         /// Ids granted by slow grants.
         applied: Arc<Mutex<Vec<i64>>>,
+        /// Keepalives never answer.
+        hang_keepalives: Arc<Mutex<bool>>,
     }
 
     impl Script {
@@ -854,6 +868,9 @@ mod tests {
             }
         }
         async fn keep_alive(&mut self, _lease: i64) -> Result<i64, ClientError> {
+            if *self.hang_keepalives.lock().unwrap() {
+                std::future::pending::<()>().await;
+            }
             match self.now() {
                 Answer::Ack => Ok(5),
                 Answer::Gone => Ok(0),
@@ -1261,5 +1278,21 @@ mod tests {
         }
         let back = Instant::now() - t0;
         assert!(back <= Duration::from_secs(66), "registered again at {back:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fence_that_falls_due_during_a_request_is_not_put_off_by_a_backoff() {
+        // The grant is applied but answered too late; asked again, "the lease exists"; the
+        // renewal of that lease then hangs until the fence deadline. The backoff that
+        // follows must not delay the fence.
+        let script = Script::default();
+        *script.slow_grant.lock().unwrap() = true;
+        *script.hang_keepalives.lock().unwrap() = true;
+        let fences = Log::default();
+        let (mut s, _) = session(&script, &fences);
+        let t0 = Instant::now();
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(5)).await;
+        assert!(matches!(phase, Phase::Fenced { .. }), "{phase:?}");
+        assert_eq!(fences.0.lock().unwrap()[0] - t0, Timing::default().fence_after());
     }
 }
