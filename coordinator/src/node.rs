@@ -630,6 +630,9 @@ where
     if start {
         let queue = queue.clone();
         tokio::spawn(async move {
+            // Should a round panic, the queue must not stay "running" with nobody running
+            // it: the waiters then hear an error and the next read starts a new round.
+            let _unstick = Unstick(queue.clone());
             loop {
                 let waiting = {
                     let mut q = queue.lock().expect("poisoned");
@@ -647,6 +650,20 @@ where
         });
     }
     rx.await.map_err(|_| stopped())?
+}
+
+/// Clears a read-index queue if its round task unwinds.
+struct Unstick(Arc<std::sync::Mutex<ReadIndexQueue>>);
+
+impl Drop for Unstick {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Ok(mut q) = self.0.lock() {
+                q.running = false;
+                q.waiting.clear();
+            }
+        }
+    }
 }
 
 /// Counts the proposals in flight on a member and admits clients' writes below a limit.
