@@ -53,12 +53,6 @@ impl ClientError {
             if status.code() == Code::FailedPrecondition && status.message().contains("lease already exists"))
     }
 
-    /// etcd's "too many requests": the leader refused the write unproposed because it is
-    /// behind; back off before trying again.
-    pub fn is_overloaded(&self) -> bool {
-        matches!(self, ClientError::Rpc { status, .. } if status.code() == Code::ResourceExhausted)
-    }
-
     /// etcd's `NotFound` (e.g. "requested lease not found").
     pub fn is_not_found(&self) -> bool {
         matches!(self, ClientError::Rpc { status, .. } if status.code() == Code::NotFound)

@@ -472,16 +472,11 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
             None => *self.pending_grant.insert(self.rng.lease_id()),
         };
         let sent = Instant::now();
-        let answer = match tokio::time::timeout_at(self.deadline(), self.api.grant(id, self.timing.ttl_secs())).await {
-            Ok(answer) => answer,
-            Err(_) if Instant::now() >= self.fence_at() && !matches!(phase, Phase::Fenced { .. }) => {
-                return phase; // the next step fences
-            }
-            Err(_) => Err(ClientError::Timeout {
-                endpoint: "the current member".into(),
-                timeout: Instant::now() - sent,
-            }),
-        };
+        // Unanswered by the deadline: backed off like a refusal (the wait is nil when the
+        // fence is due; the next step fences).
+        let answer = tokio::time::timeout_at(self.deadline(), self.api.grant(id, self.timing.ttl_secs()))
+            .await
+            .unwrap_or_else(|_| Err(unanswered(sent)));
         match answer {
             Ok((lease, ttl)) => {
                 self.pending_grant = None;
@@ -557,15 +552,9 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
 
     async fn register(&mut self, lease: i64) -> Phase {
         let sent = Instant::now();
-        let answer =
-            match tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease)).await {
-                Ok(answer) => answer,
-                Err(_) if Instant::now() >= self.fence_at() => return Phase::Registering { lease }, // the next step fences
-                Err(_) => Err(ClientError::Timeout {
-                    endpoint: "the current member".into(),
-                    timeout: Instant::now() - sent,
-                }),
-            };
+        let answer = tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease))
+            .await
+            .unwrap_or_else(|_| Err(unanswered(sent)));
         match answer {
             Ok(Registration::Done) => {
                 self.failures = 0;
@@ -771,6 +760,14 @@ use real_boot_clock as boot_clock;
 fn boot_clock() -> Duration {
     thread_local!(static BOOT: Instant = Instant::now());
     BOOT.with(|boot| boot.elapsed()) + Duration::from_secs(3600)
+}
+
+/// A request sent at `sent` that got no answer by its deadline.
+fn unanswered(sent: Instant) -> ClientError {
+    ClientError::Timeout {
+        endpoint: "the current member".into(),
+        timeout: Instant::now() - sent,
+    }
 }
 
 /// How soon a failed request is retried (on the next member): quick, so a dead member
@@ -1101,18 +1098,22 @@ mod tests {
         std::fs::write(clock_file(&file.0), clock.render()).unwrap();
     }
 
+    fn set_mtime(path: &std::path::Path, at: std::time::SystemTime) {
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_overdue_fence_clock_older_than_the_lease_file_is_checked_before_fencing() {
         // Left by this agent before a downgrade to one that does not keep the clock, which
         // then registered (wrote the lease file) and ran for a while.
         let file = LeaseFile::new("stale");
         stale_handoff(&file, boot_id(), Duration::from_secs(300));
-        std::fs::File::options()
-            .write(true)
-            .open(&file.0)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() + Duration::from_secs(60))
-            .unwrap();
+        set_mtime(&file.0, std::time::SystemTime::now() + Duration::from_secs(60));
         let script = Script::default();
         script.now();
         let fences = Log::default();
@@ -1127,12 +1128,7 @@ mod tests {
     async fn an_overdue_fence_clock_newer_than_the_lease_file_fences_at_once_even_if_the_lease_lives() {
         let file = LeaseFile::new("fresh-clock");
         stale_handoff(&file, boot_id(), Duration::from_secs(300));
-        std::fs::File::options()
-            .write(true)
-            .open(&file.0)
-            .unwrap()
-            .set_modified(std::time::SystemTime::now() - Duration::from_secs(600))
-            .unwrap();
+        set_mtime(&file.0, std::time::SystemTime::now() - Duration::from_secs(600));
         let script = Script::default(); // the lease would renew
         script.now();
         let fences = Log::default();
