@@ -218,22 +218,7 @@ impl Es<'_> {
 
     pub async fn cat_nodes(&self) -> Result<Vec<CatNode>, HttpError> {
         let v = self.http.json(Method::Get, "/_cat/nodes?format=json", None).await?;
-        Ok(rows(v, "_cat/nodes", "_cat/nodes")?
-            .iter()
-            .map(|r| CatNode {
-                name: s(r, "name"),
-                ip: s(r, "ip"),
-                role: {
-                    let x = s(r, "node.role");
-                    if x.is_empty() {
-                        s(r, "role")
-                    } else {
-                        x
-                    }
-                },
-                master: s(r, "master") == "*",
-            })
-            .collect())
+        Ok(rows(v, "_cat/nodes", "_cat/nodes")?.iter().map(cat_node).collect())
     }
 
     pub async fn cat_shards(&self) -> Result<Vec<CatShard>, HttpError> {
@@ -333,6 +318,18 @@ impl Es<'_> {
     }
 }
 
+/// One row of `_cat/nodes?format=json`.
+fn cat_node(r: &Value) -> CatNode {
+    let role = s(r, "node.role");
+    CatNode {
+        name: s(r, "name"),
+        ip: s(r, "ip"),
+        role: if role.is_empty() { s(r, "role") } else { role },
+        // OpenSearch names the elected-master column `cluster_manager`; Elasticsearch `master`.
+        master: s(r, "master") == "*" || s(r, "cluster_manager") == "*",
+    }
+}
+
 /// `a.b.c` looked up in nested objects (settings without `flat_settings`).
 fn dotted<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
     let mut cur = v;
@@ -369,6 +366,11 @@ mod tests {
         }
         .is_data());
         assert_eq!(query_value("logs-m3,x y"), "logs-m3,x%20y");
+        // Rows as OpenSearch 2.19 and Elasticsearch 8 print them.
+        let os = json!({"ip":"10.88.0.11","node.role":"m","node.roles":"cluster_manager","cluster_manager":"*","name":"logs-m1"});
+        assert!(cat_node(&os).master && !cat_node(&os).is_data());
+        let es = json!({"ip":"10.88.0.11","node.role":"di","master":"-","name":"logs-d1"});
+        assert!(!cat_node(&es).master && cat_node(&es).is_data());
         let v = json!({"cluster": {"routing": {"allocation": {"enable": "primaries"}}}});
         assert_eq!(dotted(&v, ALLOCATION_ENABLE), Some(&json!("primaries")));
     }

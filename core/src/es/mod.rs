@@ -24,8 +24,8 @@ use crate::name::UnitName;
 pub use checks::{bootstrap_check, data_removal_check, master_removal_check, MIN_MAX_MAP_COUNT, MIN_THREADS_MAX};
 pub use render::{data_dir, render_files, MasterAddr, ELASTICSEARCH_YML, UNICAST_HOSTS_TXT};
 pub use spec::{
-    default_heap, jvm_size, parse_es_size, parse_spec, unit_size, ClusterSpec, Location, RoleSpec, Runtime, SpecError,
-    MAX_HEAP_BYTES, MAX_NODE_NAME,
+    default_heap, jvm_size, parse_es_size, parse_spec, unit_size, ClusterSpec, Flavor, Location, RoleSpec, Runtime,
+    SpecError, MAX_HEAP_BYTES, MAX_NODE_NAME,
 };
 pub use units::templates;
 
@@ -33,7 +33,7 @@ pub use units::templates;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
-    /// Master-eligible only (`node.roles: ["master"]`).
+    /// Master-eligible only (`node.roles: ["master"]`, OpenSearch's `["cluster_manager"]`).
     Master,
     /// Holds shards (`node.roles: ["data","ingest"]`).
     Data,
@@ -63,12 +63,12 @@ impl Role {
         }
     }
 
-    /// `node.roles` of such a node.
-    pub fn node_roles(self) -> &'static [&'static str] {
+    /// `node.roles` of such a node in a cluster of this flavour.
+    pub fn node_roles(self, flavor: Flavor) -> Vec<&'static str> {
         match self {
-            Role::Master => &["master"],
-            Role::Data => &["data", "ingest"],
-            Role::Coordinating => &[],
+            Role::Master => vec![flavor.master_role()],
+            Role::Data => vec!["data", "ingest"],
+            Role::Coordinating => vec![],
         }
     }
 

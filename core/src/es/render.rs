@@ -47,7 +47,7 @@ pub fn render_files(
     };
     set("cluster.name", json!(spec.name));
     set("node.name", json!(node.name));
-    set("node.roles", json!(node.role.node_roles()));
+    set("node.roles", json!(node.role.node_roles(spec.flavor)));
     set("discovery.seed_providers", json!("file"));
     set("http.port", json!(role.http_port));
     set("transport.port", json!(role.transport_port));
@@ -80,7 +80,7 @@ pub fn render_files(
         set("bootstrap.memory_lock", json!(true));
     }
     if node.role == Role::Master && !rec.bootstrapped {
-        set("cluster.initial_master_nodes", json!(spec.master_names()));
+        set(spec.flavor.initial_masters_key(), json!(spec.master_names()));
     }
 
     let mut yml = format!(

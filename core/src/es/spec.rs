@@ -45,6 +45,122 @@ impl Runtime {
     }
 }
 
+/// Which engine the cluster runs. Elasticsearch and OpenSearch (its Apache-2.0 fork of
+/// 7.10) share coordination, allocation awareness, voting exclusions and the REST APIs
+/// esfleet calls; they differ in names: the master role (`master` / `cluster_manager`),
+/// the bootstrap key, the configuration file, the start script's environment and the
+/// install's paths. Everything that differs is answered here, nowhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    #[default]
+    Elasticsearch,
+    Opensearch,
+}
+
+impl Flavor {
+    /// The value in `cluster.toml`: `elasticsearch`, `opensearch`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "elasticsearch",
+            Flavor::Opensearch => "opensearch",
+        }
+    }
+
+    /// The product's name, for messages.
+    pub fn product(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "Elasticsearch",
+            Flavor::Opensearch => "OpenSearch",
+        }
+    }
+
+    /// The configuration file the engine reads from its configuration directory.
+    pub fn config_file(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "elasticsearch.yml",
+            Flavor::Opensearch => "opensearch.yml",
+        }
+    }
+
+    /// The start script's variable naming the configuration directory.
+    pub fn path_conf_env(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "ES_PATH_CONF",
+            Flavor::Opensearch => "OPENSEARCH_PATH_CONF",
+        }
+    }
+
+    /// The start script's variable with extra JVM options (the heap).
+    pub fn java_opts_env(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "ES_JAVA_OPTS",
+            Flavor::Opensearch => "OPENSEARCH_JAVA_OPTS",
+        }
+    }
+
+    /// The master-eligible role in `node.roles` (OpenSearch 2.x deprecates `master`).
+    pub fn master_role(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "master",
+            Flavor::Opensearch => "cluster_manager",
+        }
+    }
+
+    /// The setting that bootstraps a new cluster's first voting configuration.
+    pub fn initial_masters_key(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "cluster.initial_master_nodes",
+            Flavor::Opensearch => "cluster.initial_cluster_manager_nodes",
+        }
+    }
+
+    /// The install's directory in the Debian packages' layout (and in an nspawn image).
+    pub fn home(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "/usr/share/elasticsearch",
+            Flavor::Opensearch => "/usr/share/opensearch",
+        }
+    }
+
+    /// The start script inside an nspawn image, and `exec`'s default.
+    pub fn default_exec(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => DEFAULT_EXEC,
+            Flavor::Opensearch => "/usr/share/opensearch/bin/opensearch",
+        }
+    }
+
+    pub fn default_user(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => DEFAULT_USER,
+            Flavor::Opensearch => "opensearch",
+        }
+    }
+
+    pub fn default_config_template(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => DEFAULT_CONFIG_TEMPLATE,
+            Flavor::Opensearch => "/etc/opensearch",
+        }
+    }
+
+    pub fn default_image(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => DEFAULT_IMAGE,
+            Flavor::Opensearch => "/var/lib/machines/opensearch",
+        }
+    }
+
+    /// Where an nspawn node writes its logs inside its container.
+    pub fn container_logs(self) -> &'static str {
+        match self {
+            Flavor::Elasticsearch => "/var/log/elasticsearch",
+            Flavor::Opensearch => "/var/log/opensearch",
+        }
+    }
+}
+
 /// One role's nodes: how many, their size and their ports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RoleSpec {
@@ -94,6 +210,9 @@ pub struct ClusterSpec {
     /// Forced-awareness zones; empty until `esfleet es apply` fills them from the machines.
     #[serde(default)]
     pub zones: Vec<String>,
+    /// Records written before flavours existed are Elasticsearch clusters.
+    #[serde(default)]
+    pub flavor: Flavor,
     #[serde(default)]
     pub runtime: Runtime,
     /// The user Elasticsearch runs as (plain: on the host; nspawn: inside the image).
@@ -198,9 +317,10 @@ impl SpecError {
     }
 }
 
-const TOP_KEYS: [&str; 14] = [
+const TOP_KEYS: [&str; 15] = [
     "name",
     "zones",
+    "flavor",
     "runtime",
     "user",
     "exec",
@@ -348,14 +468,30 @@ impl Reader<'_> {
                 ))
             }
         };
+        // The flavour first: the install's defaults depend on it.
+        let flavor = match doc.get("flavor") {
+            None => Flavor::default(),
+            Some(v) => match self.string("flavor", v)?.as_str() {
+                "elasticsearch" => Flavor::Elasticsearch,
+                "opensearch" => Flavor::Opensearch,
+                other => {
+                    return Err(self.err_at(
+                        v.span(),
+                        "flavor",
+                        format!("flavor = {other:?} is not known; use \"elasticsearch\" or \"opensearch\""),
+                    ))
+                }
+            },
+        };
         let mut spec = ClusterSpec {
             name,
             zones: Vec::new(),
+            flavor,
             runtime: Runtime::Plain,
-            user: DEFAULT_USER.to_string(),
-            exec: DEFAULT_EXEC.to_string(),
-            config_template: DEFAULT_CONFIG_TEMPLATE.to_string(),
-            image: DEFAULT_IMAGE.to_string(),
+            user: flavor.default_user().to_string(),
+            exec: flavor.default_exec().to_string(),
+            config_template: flavor.default_config_template().to_string(),
+            image: flavor.default_image().to_string(),
             data_root: DEFAULT_DATA_ROOT.to_string(),
             memory_lock: false,
             env: BTreeMap::new(),
@@ -733,6 +869,10 @@ fn owned_setting(key: &str) -> Option<&'static str> {
             "cluster.initial_master_nodes",
             "esfleet sets it for the first bootstrap only",
         ),
+        (
+            "cluster.initial_cluster_manager_nodes",
+            "esfleet sets it for the first bootstrap only",
+        ),
         ("bootstrap.memory_lock", "set memory_lock = true at the top level"),
         ("http.host", "nodes bind to 127.0.0.1 and their machine's address"),
         ("http.bind_host", "nodes bind to 127.0.0.1 and their machine's address"),
@@ -746,6 +886,10 @@ fn owned_setting(key: &str) -> Option<&'static str> {
         ("transport.publish_host", "nodes publish their machine's address"),
         ("transport.publish_port", "set transport_port in the role's table"),
         ("node.master", "legacy role flag; the role tables set node.roles"),
+        (
+            "node.cluster_manager",
+            "legacy role flag; the role tables set node.roles",
+        ),
         ("node.data", "legacy role flag; the role tables set node.roles"),
         ("node.ingest", "legacy role flag; the role tables set node.roles"),
         ("node.voting_only", "legacy role flag; the role tables set node.roles"),
@@ -906,10 +1050,11 @@ impl ClusterSpec {
                     format!("environment variable name {k:?} is not valid; use letters, digits and _, not starting with a digit"),
                 ));
             }
-            if k.starts_with("ESFLEET_") || k == "ES_JAVA_OPTS" || k == "ES_PATH_CONF" {
+            let (opts, conf) = (self.flavor.java_opts_env(), self.flavor.path_conf_env());
+            if k.starts_with("ESFLEET_") || k == opts || k == conf {
                 return Err(SpecError::invalid(
                     key,
-                    format!("{k} is set by esfleet (ESFLEET_* by the agent, ES_JAVA_OPTS from heap, ES_PATH_CONF to the rendered config); remove it from [env]"),
+                    format!("{k} is set by esfleet (ESFLEET_* by the agent, {opts} from heap, {conf} to the rendered config); remove it from [env]"),
                 ));
             }
             if v.chars().any(char::is_control) {

@@ -117,6 +117,7 @@ fn minimal_file_gets_every_default() {
         ClusterSpec {
             name: "logs".into(),
             zones: vec![],
+            flavor: Flavor::Elasticsearch,
             runtime: Runtime::Plain,
             user: "elasticsearch".into(),
             exec: "/usr/share/elasticsearch/bin/elasticsearch".into(),
@@ -1039,9 +1040,10 @@ fn check_templates(spec: &ClusterSpec) {
         assert!(text.contains("%p%i"));
         let heap = jvm_size(r.heap_bytes);
         if r.heap_bytes > 0 {
-            assert!(text.contains(&format!("ES_JAVA_OPTS=-Xms{heap} -Xmx{heap}")), "{text}");
+            let opts = spec.flavor.java_opts_env();
+            assert!(text.contains(&format!("{opts}=-Xms{heap} -Xmx{heap}")), "{text}");
         } else {
-            assert!(!text.contains("ES_JAVA_OPTS"), "{text}");
+            assert!(!text.contains("JAVA_OPTS"), "{text}");
         }
         assert!(text.contains(&format!("{}/%p%i/${{ESFLEET_GENERATION}}", spec.data_root)));
         for k in spec.env.keys() {
@@ -1050,7 +1052,8 @@ fn check_templates(spec: &ClusterSpec) {
         match spec.runtime {
             Runtime::Plain => {
                 let conf = format!("{}/%p%i/config", spec.data_root);
-                assert!(text.contains(&format!("ExecStart=/usr/bin/env ES_PATH_CONF={conf} ")));
+                let var = spec.flavor.path_conf_env();
+                assert!(text.contains(&format!("ExecStart=/usr/bin/env {var}={conf} ")));
                 assert!(text.contains("ln -sfn \"${ESFLEET_CONFIG_DIR}/unicast_hosts.txt\" unicast_hosts.txt"));
                 // Root ("+") never works inside a directory the Elasticsearch user owns.
                 let root_step = text
@@ -1104,6 +1107,111 @@ fn templates_validate_for_both_runtimes() {
     check_templates(&spec);
     let master = &templates(&spec)[0].1;
     assert!(master.contains("--setenv=K=${K} \\\n"), "{master}");
+}
+
+/// OpenSearch clusters get OpenSearch's names everywhere Elasticsearch's would differ: the
+/// install's defaults, the master role, the bootstrap key, the settings file the engine
+/// reads, and its start script's environment. A record stored before flavours existed
+/// reads back as Elasticsearch.
+#[test]
+fn opensearch_flavor_renders_opensearch_names() {
+    let spec = parse_spec(
+        "name = \"logs\"\nflavor = \"opensearch\"\nzones = [\"a\", \"b\", \"c\"]\n\
+         [master]\ncount = 3\n[data]\ncount = 6\nheap = \"256m\"\n",
+    )
+    .unwrap();
+    assert_eq!(spec.flavor, Flavor::Opensearch);
+    assert_eq!(
+        (
+            spec.user.as_str(),
+            spec.exec.as_str(),
+            spec.config_template.as_str(),
+            spec.image.as_str()
+        ),
+        (
+            "opensearch",
+            "/usr/share/opensearch/bin/opensearch",
+            "/etc/opensearch",
+            "/var/lib/machines/opensearch"
+        )
+    );
+    let rec = ClusterRecord {
+        spec: spec.clone(),
+        bootstrapped: false,
+    };
+    let m = machine("m1", "10.0.0.1", Some("a"), None);
+    let master = node_of(&spec, &UnitName::new("logs-m@1.service").unwrap()).unwrap();
+    let yml = &render_files(&rec, &master, &m, 1, &[])[ELASTICSEARCH_YML];
+    assert!(yml.contains("\nnode.roles: [\"cluster_manager\"]\n"), "{yml}");
+    assert!(
+        yml.contains("\ncluster.initial_cluster_manager_nodes: [\"logs-m1\",\"logs-m2\",\"logs-m3\"]\n"),
+        "{yml}"
+    );
+    assert!(
+        !yml.contains("initial_master_nodes") && !yml.contains("\"master\""),
+        "{yml}"
+    );
+
+    check_templates(&spec);
+    let plain = &templates(&spec)[1].1;
+    assert!(
+        plain.contains("OPENSEARCH_PATH_CONF=/var/lib/esfleet/es/%p%i/config /usr/share/opensearch/bin/opensearch "),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\"${ESFLEET_CONFIG_DIR}/elasticsearch.yml\" opensearch.yml;"),
+        "{plain}"
+    );
+    assert!(
+        plain.contains("\nEnvironment=\"OPENSEARCH_JAVA_OPTS=-Xms256m -Xmx256m\"\n"),
+        "{plain}"
+    );
+    assert!(plain.starts_with("# OpenSearch cluster logs: data nodes"), "{plain}");
+    assert!(
+        !plain.contains("ES_PATH_CONF") && !plain.contains("ES_JAVA_OPTS=") && !plain.contains("\nUser=elasticsearch"),
+        "{plain}"
+    );
+
+    let nspawn = parse_spec(&with_top("flavor = \"opensearch\"\nruntime = \"nspawn\"")).unwrap();
+    check_templates(&nspawn);
+    let unit = &templates(&nspawn)[0].1;
+    assert!(
+        unit.contains("/run/esfleet/config/elasticsearch.yml /etc/opensearch/opensearch.yml;"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("    --setenv=OPENSEARCH_PATH_CONF=/etc/opensearch \\\n"),
+        "{unit}"
+    );
+    assert!(
+        unit.contains("    /usr/share/opensearch/bin/opensearch -Epath.logs=/var/log/opensearch\n"),
+        "{unit}"
+    );
+    assert!(
+        !unit.contains("elasticsearch -E") && !unit.contains("ES_PATH_CONF="),
+        "{unit}"
+    );
+
+    // Each flavour refuses its own start script's variables in [env], and the bootstrap key.
+    let e = parse_err(&with_top(
+        "flavor = \"opensearch\"\n[env]\nOPENSEARCH_JAVA_OPTS = \"-Xmx1g\"",
+    ));
+    assert!(e.to_string().contains("OPENSEARCH_JAVA_OPTS is set by esfleet"), "{e}");
+    let e = parse_err(&format!(
+        "{MINIMAL}[settings]\n\"cluster.initial_cluster_manager_nodes\" = [\"x\"]\n"
+    ));
+    assert!(e.to_string().contains("managed by esfleet"), "{e}");
+    let e = parse_err(&with_top("flavor = \"solr\""));
+    assert_eq!(
+        e.to_string(),
+        "line 2, column 10: flavor = \"solr\" is not known; use \"elasticsearch\" or \"opensearch\""
+    );
+
+    // A record written before flavours existed.
+    let mut old = serde_json::to_value(parse_spec(MINIMAL).unwrap()).unwrap();
+    old.as_object_mut().unwrap().remove("flavor");
+    let back: ClusterSpec = serde_json::from_value(old).unwrap();
+    assert_eq!(back.flavor, Flavor::Elasticsearch);
 }
 
 #[test]

@@ -15,12 +15,13 @@ use super::Role;
 use crate::name::UnitName;
 
 /// Where the nspawn runtime binds `ESFLEET_CONFIG_DIR` (read-only) inside the container;
-/// the image's configuration directory links `elasticsearch.yml` and `unicast_hosts.txt`
-/// there, so the agent's rewrites are seen without a restart.
+/// the image's configuration directory links the flavour's settings file and
+/// `unicast_hosts.txt` there, so the agent's rewrites are seen without a restart.
+///
+/// The rendered settings file is always `elasticsearch.yml` in `ESFLEET_CONFIG_DIR` (the
+/// agent reads `path.data` from it); the units link it under the flavour's name
+/// (`opensearch.yml`), which is what the engine reads.
 const CONTAINER_CONFIG: &str = "/run/esfleet/config";
-/// Elasticsearch inside an nspawn image (the Debian/RPM packages' layout).
-const CONTAINER_EXEC: &str = "/usr/share/elasticsearch/bin/elasticsearch";
-const CONTAINER_LOGS: &str = "/var/log/elasticsearch";
 
 /// One template unit per role with nodes: `(logs-m@.service, text)`, masters first.
 /// Each text passes [`crate::unit::validate_unit`] for the template and its instances.
@@ -51,7 +52,8 @@ fn header(t: &mut String, spec: &ClusterSpec, role: Role) {
     };
     let _ = writeln!(
         t,
-        "# Elasticsearch cluster {}: {} nodes {} .. {} ({how}).",
+        "# {} cluster {}: {} nodes {} .. {} ({how}).",
+        spec.flavor.product(),
         spec.name,
         role.as_str(),
         spec.node_name(role, 1),
@@ -65,7 +67,8 @@ fn header(t: &mut String, spec: &ClusterSpec, role: Role) {
     );
     let _ = writeln!(
         t,
-        "[Unit]\nDescription=Elasticsearch {} node %p%i of cluster {}{}\nWants=network-online.target\nAfter=network-online.target\n",
+        "[Unit]\nDescription={} {} node %p%i of cluster {}{}\nWants=network-online.target\nAfter=network-online.target\n",
+        spec.flavor.product(),
         role.as_str(),
         spec.name,
         if spec.runtime == Runtime::Nspawn {
@@ -97,10 +100,11 @@ fn plain_service(t: &mut String, spec: &ClusterSpec, role: Role) {
     let user = &spec.user;
     let root = &spec.data_root;
     let conf = &spec.config_template;
+    let yml = spec.flavor.config_file();
     t.push_str("[Service]\nType=simple\n");
     let _ = writeln!(t, "User={user}\nGroup={user}");
     if let Some(opts) = heap_opts(spec, role) {
-        t.push_str(&env_assignment("ES_JAVA_OPTS", &opts));
+        t.push_str(&env_assignment(spec.flavor.java_opts_env(), &opts));
         t.push('\n');
     }
     for (k, v) in &spec.env {
@@ -126,13 +130,15 @@ fn plain_service(t: &mut String, spec: &ClusterSpec, role: Role) {
          for f in jvm.options jvm.options.d log4j2.properties; do \\\n        \
          if [ -e {conf}/$$f ]; then rm -rf ./$$f; cp -R {conf}/$$f ./$$f; fi; \\\n    \
          done; \\\n    \
-         ln -sfn \"${{ESFLEET_CONFIG_DIR}}/elasticsearch.yml\" elasticsearch.yml; \\\n    \
+         ln -sfn \"${{ESFLEET_CONFIG_DIR}}/elasticsearch.yml\" {yml}; \\\n    \
          ln -sfn \"${{ESFLEET_CONFIG_DIR}}/unicast_hosts.txt\" unicast_hosts.txt'\n"
     );
-    // systemd does not expand variables in Environment=, so ES_PATH_CONF is set here.
+    // systemd does not expand variables in Environment=, so the configuration directory's
+    // variable is set here.
     let _ = writeln!(
         t,
-        "ExecStart=/usr/bin/env ES_PATH_CONF={root}/%p%i/config {} -Epath.logs={root}/%p%i/logs",
+        "ExecStart=/usr/bin/env {}={root}/%p%i/config {} -Epath.logs={root}/%p%i/logs",
+        spec.flavor.path_conf_env(),
         spec.exec
     );
     t.push_str(
@@ -152,6 +158,8 @@ fn nspawn_service(t: &mut String, spec: &ClusterSpec, role: Role) {
     let root = &spec.data_root;
     let conf = &spec.config_template;
     let image = &spec.image;
+    let yml = spec.flavor.config_file();
+    let logs = spec.flavor.container_logs();
     t.push_str("[Service]\nType=notify\n");
     for (k, v) in &spec.env {
         t.push_str(&env_assignment(k, v));
@@ -170,9 +178,9 @@ fn nspawn_service(t: &mut String, spec: &ClusterSpec, role: Role) {
          --directory=/var/lib/machines/%p%i --template={image} \\\n    \
          --bind={root}/%p%i/${{ESFLEET_GENERATION}} \\\n    \
          /bin/sh -ec '\\\n    \
-         mkdir -p {CONTAINER_LOGS}; \\\n    \
-         chown {user}: {root}/%p%i/${{ESFLEET_GENERATION}} {CONTAINER_LOGS}; \\\n    \
-         ln -sfn {CONTAINER_CONFIG}/elasticsearch.yml {conf}/elasticsearch.yml; \\\n    \
+         mkdir -p {logs}; \\\n    \
+         chown {user}: {root}/%p%i/${{ESFLEET_GENERATION}} {logs}; \\\n    \
+         ln -sfn {CONTAINER_CONFIG}/elasticsearch.yml {conf}/{yml}; \\\n    \
          ln -sfn {CONTAINER_CONFIG}/unicast_hosts.txt {conf}/unicast_hosts.txt'\n\
          # --keep-unit: the container runs in this unit's cgroup, so stopping the unit stops it.\n\
          # The host network is shared: every role has its own ports.\n\
@@ -185,13 +193,13 @@ fn nspawn_service(t: &mut String, spec: &ClusterSpec, role: Role) {
          --rlimit=RLIMIT_NOFILE=65536 --rlimit=RLIMIT_NPROC=4096 --rlimit=RLIMIT_MEMLOCK=infinity \\\n"
     );
     if let Some(opts) = heap_opts(spec, role) {
-        let _ = writeln!(t, "    \"--setenv=ES_JAVA_OPTS={opts}\" \\");
+        let _ = writeln!(t, "    \"--setenv={}={opts}\" \\", spec.flavor.java_opts_env());
     }
-    let _ = writeln!(t, "    --setenv=ES_PATH_CONF={conf} \\");
+    let _ = writeln!(t, "    --setenv={}={conf} \\", spec.flavor.path_conf_env());
     for k in spec.env.keys() {
         let _ = writeln!(t, "    --setenv={k}=${{{k}}} \\");
     }
-    let _ = writeln!(t, "    {CONTAINER_EXEC} -Epath.logs={CONTAINER_LOGS}");
+    let _ = writeln!(t, "    {} -Epath.logs={logs}", spec.flavor.default_exec());
     t.push_str(
         "KillMode=mixed\n\
          Delegate=yes\n\
