@@ -47,6 +47,27 @@ pub fn skip_unless_root(test: &str) -> bool {
     true
 }
 
+/// Sets `vm.max_map_count` (a machine-wide sysctl every simulated host sees, which the
+/// agents report and Elasticsearch's bootstrap check reads) and restores the old value when
+/// dropped, however the test ends.
+pub struct MaxMapCount(String);
+
+impl MaxMapCount {
+    const PATH: &'static str = "/proc/sys/vm/max_map_count";
+
+    pub fn set(v: u64) -> MaxMapCount {
+        let old = std::fs::read_to_string(Self::PATH).unwrap().trim().to_string();
+        std::fs::write(Self::PATH, v.to_string()).unwrap();
+        MaxMapCount(old)
+    }
+}
+
+impl Drop for MaxMapCount {
+    fn drop(&mut self) {
+        let _ = std::fs::write(Self::PATH, &self.0);
+    }
+}
+
 /// The directory with the build's binaries: `ESFLEET_BIN_DIR`, else derived from the running
 /// executable (`<target>/debug/deps/<test>` or `<target>/debug/<bin>` → `<target>/debug`).
 pub fn bin_dir() -> anyhow::Result<PathBuf> {

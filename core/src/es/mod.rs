@@ -149,6 +149,25 @@ pub fn node_of(spec: &ClusterSpec, unit: &UnitName) -> Option<Node> {
     })
 }
 
+/// The zone a data node lives in when the cluster has forced awareness over `zones`:
+/// `zones[(ordinal - 1) % zones.len()]`, so `logs-d1, d2, d3` go to zones a, b, c, `d4` to a
+/// again, and removing the highest ordinals (a scale-down) keeps the zones balanced.
+///
+/// Why a data node is tied to one zone: under forced awareness Elasticsearch puts at most
+/// `ceil(copies / zones)` copies of a shard in any zone, so a data node moved out of a lost
+/// zone into a surviving one can hold none of the copies its zone lost, and once the zone
+/// returns it would have no data node there: the cluster would stay yellow for good. A
+/// data node whose zone is gone waits for it; one whose host is lost is placed anew on
+/// another host of its zone. Masters are already one per zone (`DistinctBy=zone`) and
+/// coordinating nodes hold no shards: neither has a home zone. `None` without zones.
+pub fn home_zone<'s>(spec: &'s ClusterSpec, node: &Node) -> Option<&'s str> {
+    if node.role != Role::Data || spec.zones.is_empty() || node.ordinal == 0 {
+        return None;
+    }
+    let i = (node.ordinal as usize - 1) % spec.zones.len();
+    Some(spec.zones[i].as_str())
+}
+
 /// The zones of a set of machines (their `zone` metadata), sorted and without duplicates:
 /// what `esfleet es apply` fixes in the record when `cluster.toml` names none.
 pub fn machine_zones<'a>(machines: impl IntoIterator<Item = &'a MachineRecord>) -> Vec<String> {

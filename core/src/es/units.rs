@@ -222,6 +222,15 @@ fn xfleet(t: &mut String, spec: &ClusterSpec, role: Role) {
     if role == Role::Master && r.count as usize <= spec.zones.len() {
         t.push_str("# One master per zone: losing a zone loses at most one vote.\nDistinctBy=zone\n");
     } else {
+        if role == Role::Data && !spec.zones.is_empty() {
+            let _ = writeln!(
+                t,
+                "# Data node n lives in zone zones[(n-1) % {}] of {} (forced awareness): the scheduler\n\
+                 # places it on another host of that zone, or waits for the zone, never elsewhere.",
+                spec.zones.len(),
+                spec.zones.join(", ")
+            );
+        }
         t.push_str("SpreadBy=zone\nDistinctBy=host\n");
     }
     if role != Role::Master {

@@ -197,20 +197,27 @@ fn machines_failing_bootstrap_checks_get_no_new_node_and_the_reason_says_why() {
         }
     }
     let plan = sim.step();
-    // Zone c fails the checks: its master cannot go anywhere else (one per zone).
-    let unplaced: Vec<&UnitName> = plan.unplaceable.keys().collect();
-    assert_eq!(unplaced.len(), 1, "{:?}", plan.unplaceable);
-    let why = &plan.unplaceable[unplaced[0]];
-    assert!(
-        why.contains("bootstrap checks") && why.contains("vm.max_map_count"),
-        "{why}"
-    );
+    // Zone c fails the checks: its master cannot go anywhere else (one per zone), nor can
+    // its data node (its home zone).
+    let unplaced: Vec<&str> = plan.unplaceable.keys().map(UnitName::as_str).collect();
     assert_eq!(
-        why.matches("vm.max_map_count is").count(),
-        1,
-        "one entry per reason: {why}"
+        unplaced,
+        ["logs-d@3.service", "logs-m@3.service"],
+        "{:?}",
+        plan.unplaceable
     );
-    assert!(why.contains("(on 3 machine(s): c1, c2, c3)"), "{why}");
+    for why in plan.unplaceable.values() {
+        assert!(
+            why.contains("bootstrap checks") && why.contains("vm.max_map_count"),
+            "{why}"
+        );
+        assert_eq!(
+            why.matches("vm.max_map_count is").count(),
+            1,
+            "one entry per reason: {why}"
+        );
+        assert!(why.contains("(on 3 machine(s): c1, c2, c3)"), "{why}");
+    }
     for (m, units) in &sim.view.placements {
         assert!(!m.starts_with('c'), "{m} got {:?}", units.keys().collect::<Vec<_>>());
     }
@@ -253,4 +260,66 @@ fn a_cluster_record_that_vanishes_stops_nothing() {
     assert!(sim.machines_of("logs-d@1.service").is_empty());
     let why = &plan.unplaceable[&name("logs-d@1.service")];
     assert!(why.contains("no Elasticsearch cluster logs is defined"), "{why}");
+}
+
+/// Under forced awareness a data node lives in its home zone (`zones[(ordinal-1) % n]`):
+/// placed there first, placed anew on another host of that zone when its host is lost,
+/// and, when the whole zone is gone, left unplaced with the reason (elsewhere it could hold
+/// none of its zone's copies, and the zone would have no data node once it returns).
+#[test]
+fn data_nodes_stay_in_their_home_zone() {
+    let spec = SPEC.replace("[data]\ncount = 3", "[data]\ncount = 6");
+    let mut sim = cluster_sim(&spec, true);
+    let plan = sim.step();
+    assert!(plan.unplaceable.is_empty(), "{:?}", plan.unplaceable);
+    for (i, z) in (1..=6).zip(["a", "b", "c", "a", "b", "c"]) {
+        let u = format!("logs-d@{i}.service");
+        assert_eq!(zone(&sim.machine_of(&u)), z, "{u}");
+    }
+
+    // Its host lost: the node is placed anew in the same zone.
+    let old = sim.machine_of("logs-d@3.service");
+    sim.lose(&old);
+    sim.step();
+    let new = sim.machine_of("logs-d@3.service");
+    assert_ne!(new, old);
+    assert_eq!(zone(&new), "c");
+
+    // The whole zone lost: its data nodes wait, saying why; the other zones' stay put.
+    let before: Vec<String> = [1, 2, 4, 5]
+        .iter()
+        .map(|i| sim.machine_of(&format!("logs-d@{i}.service")))
+        .collect();
+    for m in ["c1", "c2", "c3"] {
+        if sim.view.machines.contains_key(m) {
+            sim.lose(m);
+        }
+    }
+    let plan = sim.step();
+    for u in ["logs-d@3.service", "logs-d@6.service"] {
+        assert!(
+            sim.machines_of(u).is_empty(),
+            "{u} left its zone: {:?}",
+            sim.machines_of(u)
+        );
+        let why = &plan.unplaceable[&name(u)];
+        assert!(
+            why.contains("its home zone is c") && why.contains("no eligible machine is in zone c"),
+            "{why}"
+        );
+    }
+    let after: Vec<String> = [1, 2, 4, 5]
+        .iter()
+        .map(|i| sim.machine_of(&format!("logs-d@{i}.service")))
+        .collect();
+    assert_eq!(before, after);
+
+    // The zone returns: its nodes go back there.
+    for i in 1..=3 {
+        sim.add_machine(es_machine(&format!("c{i}"), "c"));
+    }
+    sim.step();
+    for u in ["logs-d@3.service", "logs-d@6.service"] {
+        assert_eq!(zone(&sim.machine_of(u)), "c", "{u}");
+    }
 }

@@ -69,6 +69,8 @@ pub(super) struct Machine<'a> {
     pub cap: Res,
     /// Why the machine fails Elasticsearch's bootstrap checks (`None`: it passes).
     pub es_unfit: Option<String>,
+    /// Its `zone` metadata: where a data node with a home zone may be placed.
+    pub zone: Option<&'a str>,
 }
 
 /// One `MachineMetadata=` condition with its values interned (`u32::MAX`: no machine has it).
@@ -238,11 +240,13 @@ impl<'a> Pass<'a> {
                 disk: r.facts.disk_free_bytes,
             });
             let es_unfit = rec.and_then(|r| crate::es::bootstrap_check(&r.facts).err());
+            let zone = rec.and_then(|r| r.metadata.get("zone")).map(String::as_str);
             machines.push(Machine {
                 id,
                 state,
                 cap,
                 es_unfit,
+                zone,
             });
             recs.push(rec);
         }
@@ -737,7 +741,19 @@ impl<'a> Pass<'a> {
     /// moved for them: a fact read wrongly once must not move an Elasticsearch node).
     pub(super) fn host_ok(&self, u: Uid, m: Mid) -> bool {
         let unit = &self.units[u];
-        unit.rec.options.elasticsearch.is_none() || (unit.es_missing.is_none() && self.machines[m].es_unfit.is_none())
+        unit.rec.options.elasticsearch.is_none()
+            || (unit.es_missing.is_none() && self.machines[m].es_unfit.is_none() && self.home_zone_ok(u, m))
+    }
+
+    /// An Elasticsearch data node's home zone ([`crate::es::home_zone`]), if it has one.
+    pub(super) fn home_zone(&self, u: Uid) -> Option<&'a str> {
+        let (rec, node) = self.units[u].es.as_ref()?;
+        crate::es::home_zone(&rec.spec, node)
+    }
+
+    /// `m` is in the unit's home zone, or the unit has none.
+    pub(super) fn home_zone_ok(&self, u: Uid, m: Mid) -> bool {
+        self.home_zone(u).is_none_or(|z| self.machines[m].zone == Some(z))
     }
 
     pub(super) fn fits(&self, u: Uid, m: Mid) -> bool {

@@ -199,6 +199,16 @@ impl Pass<'_> {
             return format!("conflicts with {} {every}", list(conflicting));
         }
 
+        if let Some(zone) = self.home_zone(u) {
+            let in_zone: Vec<Mid> = free.iter().copied().filter(|&m| self.home_zone_ok(u, m)).collect();
+            if in_zone.is_empty() {
+                return format!(
+                    "its home zone is {zone} (a data node under forced zone awareness holds only its own zone's \
+                     copies, so it waits for a machine there), and no eligible machine is in zone {zone}"
+                );
+            }
+            free = in_zone;
+        }
         let checked: Vec<Mid> = free.iter().copied().filter(|&m| self.host_ok(u, m)).collect();
         if checked.is_empty() {
             let every = if free.len() == 1 {

@@ -17,15 +17,18 @@
 //! 2. a rolling restart of all nine nodes: never red, never more than one node down;
 //! 3. data nodes 6 → 3, one at a time after their shards moved; 3 → 2 refused with the
 //!    replicas rule;
-//! 4. a whole zone crashes: never red, its data node is recreated in another zone with a
-//!    fresh data directory, and the cluster is green again.
+//! 4. a whole zone crashes: never red, its data node waits for its home zone (saying so)
+//!    while the cluster goes green on the zones left; when the zone's hosts return, the
+//!    node is recreated there with a fresh data directory;
+//! 5. a data node's host is cut off: the node is recreated on another host of its zone,
+//!    and the old data directory is removed once the host returns.
 //!
 //! Root only (`ESFLEET_ROOT_TESTS=1`); otherwise the test prints a skip line and passes.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use esfleet_tests::hosts::skip_unless_root;
+use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
 use esfleet_tests::realcluster::{wait_for, HostSpec, RealCluster, Spec, PATIENCE};
 use serde_json::Value;
 
@@ -49,24 +52,6 @@ count = 3
 count = 6
 "#
     )
-}
-
-/// Restores vm.max_map_count (a machine-wide sysctl) when the test ends, however it ends.
-struct MaxMapCount(String);
-
-impl MaxMapCount {
-    const PATH: &'static str = "/proc/sys/vm/max_map_count";
-    fn set(v: u64) -> MaxMapCount {
-        let old = std::fs::read_to_string(Self::PATH).unwrap().trim().to_string();
-        std::fs::write(Self::PATH, v.to_string()).unwrap();
-        MaxMapCount(old)
-    }
-}
-
-impl Drop for MaxMapCount {
-    fn drop(&mut self) {
-        let _ = std::fs::write(Self::PATH, &self.0);
-    }
 }
 
 struct Es<'c> {
@@ -363,7 +348,11 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     assert!(text.contains("replica"), "{text}");
     assert_eq!(c.live_copies(&["logs-d@*"]).unwrap().len(), 3);
 
-    // 4. Zone zc crashes.
+    // 4. Zone zc crashes. Its data node's home is zc (forced awareness): it waits for the
+    //    zone instead of moving, and says why; the cluster goes green on the two zones left
+    //    (one replica: both copies fit there). Two of zc's hosts come back (the third ran a
+    //    coordinator member, whose data a reboot would lose): the node is placed there anew
+    //    on a fresh data directory, and the cluster is green.
     let at = c.wait_units_running(&nodes[..6], PATIENCE).unwrap();
     let lost_zone = "zc";
     let lost_data: Vec<&str> = nodes[3..6]
@@ -371,7 +360,12 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
         .copied()
         .filter(|u| zone_of(&at[*u]) == lost_zone)
         .collect();
-    assert_eq!(lost_data.len(), 1, "{at:?}");
+    assert_eq!(
+        lost_data,
+        ["logs-d@3.service"],
+        "data nodes in their home zones: {at:?}"
+    );
+    let unit = lost_data[0];
     let path_data = |host: &str, unit: &str| -> String {
         let yml = c
             .hosts()
@@ -383,31 +377,52 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
             .trim_matches('"')
             .to_string()
     };
-    let lost_path = path_data(&at[lost_data[0]], lost_data[0]);
+    let lost_path = path_data(&at[unit], unit);
     let from = model_now(&es.history());
     let t = Instant::now();
-    for h in c.names().iter().filter(|h| zone_of(h) == lost_zone) {
+    let zone_hosts: Vec<String> = c.names().into_iter().filter(|h| zone_of(h) == lost_zone).collect();
+    for h in &zone_hosts {
         c.crash(h).unwrap();
     }
+    wait_for(
+        "the lost data node's reason naming its home zone",
+        PATIENCE,
+        Duration::from_millis(500),
+        || {
+            let files = c.esfleet_ok(&["list-unit-files", "--fields", "unit,reason", "--no-legend"])?;
+            let line = files.lines().find(|l| l.contains(unit)).unwrap_or_default().to_string();
+            Ok(line.contains("home zone is zc").then_some(line))
+        },
+    )
+    .map(|line| println!("{line}"))
+    .unwrap();
+    es.wait_green("green on the two zones left");
+    println!("zone {lost_zone} crashed → green on two zones: {:?}", t.elapsed());
+    assert!(
+        c.live_copies(&[unit]).unwrap().get(unit).is_none_or(|hs| hs.is_empty()),
+        "{unit} left its home zone"
+    );
+    let rebooted: Vec<&String> = zone_hosts
+        .iter()
+        .filter(|h| !c.coordinator_hosts().contains(h))
+        .collect();
+    for h in &rebooted {
+        c.reboot(h).unwrap();
+    }
     let moved = wait_for(
-        "the lost data node active elsewhere",
+        "the lost data node active in its zone again",
         PATIENCE,
         Duration::from_millis(200),
         || {
-            let copies = c.live_copies(&[lost_data[0]])?;
+            let copies = c.live_copies(&[unit])?;
             Ok(copies
-                .get(lost_data[0])
-                .and_then(|hs| hs.iter().find(|h| zone_of(h) != lost_zone).cloned()))
+                .get(unit)
+                .and_then(|hs| hs.iter().find(|h| zone_of(h) == lost_zone).cloned()))
         },
     )
     .unwrap();
-    println!(
-        "zone {lost_zone} crashed → {} active on {moved}: {:?}",
-        lost_data[0],
-        t.elapsed()
-    );
-    es.wait_green("green again after the zone loss");
-    println!("zone {lost_zone} crashed → green again: {:?}", t.elapsed());
+    println!("zone {lost_zone} back → {unit} active on {moved}: {:?}", t.elapsed());
+    es.wait_green("green with the zone back");
     let h = es.history();
     let seen = statuses_since(&h, from);
     let entries: Vec<&Value> = h["history"]
@@ -427,24 +442,8 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     let violations = h["violations"].as_array().cloned().unwrap_or_default();
     assert!(violations.is_empty(), "the stand-in saw violations: {violations:?}");
     // The recreated node got a fresh data directory (a new generation).
-    let unit = lost_data[0];
-    let yml = c
-        .hosts()
-        .exec_ok(
-            &moved,
-            &["cat", &format!("/etc/esfleet/units/{unit}/elasticsearch.yml")],
-        )
-        .unwrap();
-    assert!(
-        !yml.contains(&format!("path.data: \"{lost_path}\"")),
-        "recreated on its old data dir {lost_path}:\n{yml}"
-    );
-    let path = yml
-        .lines()
-        .find_map(|l| l.strip_prefix("path.data: "))
-        .unwrap()
-        .trim_matches('"')
-        .to_string();
+    let path = path_data(&moved, unit);
+    assert_ne!(path, lost_path, "recreated on its old data dir");
     let listing = c.hosts().exec_ok(&moved, &["ls", "-A", &path]).unwrap();
     assert!(
         listing.lines().all(|f| f.starts_with("standin-node")),
@@ -454,7 +453,7 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     assert!(ok && text.contains("green"), "{text}");
 
     // 5. A data node's host is cut off past its lease: the node is fenced there and
-    //    recreated elsewhere, and the scheduler leaves a tombstone for its old data dir,
+    //    recreated on another host of its zone, and the scheduler leaves a tombstone for its old data dir,
     //    released once the node is healthy elsewhere. When the host comes back, its agent
     //    removes that dir and the tombstone.
     let at = c
@@ -498,6 +497,7 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     )
     .unwrap();
     println!("{unit} cut off on {host} → active on {moved}");
+    assert_eq!(zone_of(&moved), zone_of(&host), "{unit} left its home zone");
     es.wait_green("green with the node recreated");
     // Written held; released by the scheduler once the node is healthy again elsewhere (a
     // data node's check means green), before the host returns.
