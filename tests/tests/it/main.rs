@@ -26,3 +26,4 @@ mod t84_partition_fencing;
 mod t85_leader_kill_during_start;
 mod t86_drain;
 mod t87_elasticsearch;
+mod t88_real_engine;
