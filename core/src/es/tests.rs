@@ -1078,7 +1078,8 @@ fn check_templates(spec: &ClusterSpec) {
                 assert!(text.contains(&format!("--template={}", spec.image)));
                 assert!(text.contains("--bind-ro=${ESFLEET_CONFIG_DIR}:/run/esfleet/config"));
                 assert!(text.contains("--keep-unit"));
-                assert!(text.contains("--kill-signal=SIGTERM"), "{text}");
+                // The stub PID 1 of --as-pid2 ignores SIGTERM: halt is what it forwards.
+                assert!(text.contains("--kill-signal=SIGRTMIN+3"), "{text}");
                 assert!(text.contains("--rlimit=RLIMIT_NOFILE=65536"));
             }
         }

@@ -184,8 +184,10 @@ fn nspawn_service(t: &mut String, spec: &ClusterSpec, role: Role) {
          ln -sfn {CONTAINER_CONFIG}/unicast_hosts.txt {conf}/unicast_hosts.txt'\n\
          # --keep-unit: the container runs in this unit's cgroup, so stopping the unit stops it.\n\
          # The host network is shared: every role has its own ports.\n\
-         # --kill-signal: without --boot, nspawn would SIGKILL Elasticsearch on every stop.\n\
-         ExecStart=/usr/bin/systemd-nspawn --quiet --keep-unit --as-pid2 --kill-signal=SIGTERM \\\n    \
+         # --kill-signal: without it nspawn SIGKILLs the node on every stop. With --as-pid2 its\n\
+         # stub PID 1 ignores SIGTERM; on SIGRTMIN+3 (halt) it sends the node SIGTERM (then\n\
+         # SIGHUP) and waits for it to exit.\n\
+         ExecStart=/usr/bin/systemd-nspawn --quiet --keep-unit --as-pid2 --kill-signal=SIGRTMIN+3 \\\n    \
          --machine=%p%i --directory=/var/lib/machines/%p%i \\\n    \
          --bind={root}/%p%i/${{ESFLEET_GENERATION}} \\\n    \
          --bind-ro=${{ESFLEET_CONFIG_DIR}}:{CONTAINER_CONFIG} \\\n    \
