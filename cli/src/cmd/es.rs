@@ -229,7 +229,7 @@ async fn status(ctx: &Ctx, cluster: Option<&str>, timeout: Duration) -> Result<(
             .collect();
         let http = es_client(ctx, record, timeout).await?;
         let es = es_view(&http).await;
-        text.push_str(&render_status(&record.spec.name, &rows, &es, ctx.color));
+        text.push_str(&render_status(&record.spec, &rows, &es, ctx.color));
     }
     out(&text)
 }

@@ -44,8 +44,9 @@ fn state_color(state: &str) -> Option<Color> {
 }
 
 /// The text of one cluster's status.
-pub fn render_status(name: &str, rows: &[NodeRow], es: &EsView, color: bool) -> String {
-    let mut out = format!("Cluster {name}\n");
+pub fn render_status(spec: &esfleet_core::es::ClusterSpec, rows: &[NodeRow], es: &EsView, color: bool) -> String {
+    let product = spec.flavor.product();
+    let mut out = format!("Cluster {}\n", spec.name);
     let (joined, shards): (BTreeMap<&str, &CatNode>, BTreeMap<&str, usize>) = match es {
         EsView::Answered { nodes, shards, .. } => {
             let mut per: BTreeMap<&str, usize> = BTreeMap::new();
@@ -92,7 +93,7 @@ pub fn render_status(name: &str, rows: &[NodeRow], es: &EsView, color: bool) -> 
         color,
     ));
     match es {
-        EsView::Unreachable(why) => out.push_str(&format!("Elasticsearch: unreachable ({why})\n")),
+        EsView::Unreachable(why) => out.push_str(&format!("{product}: unreachable ({why})\n")),
         EsView::Answered {
             cluster_name,
             version,
@@ -106,7 +107,7 @@ pub fn render_status(name: &str, rows: &[NodeRow], es: &EsView, color: bool) -> 
                 _ => Some(Color::Red),
             };
             out.push_str(&format!(
-                "Elasticsearch: cluster {cluster_name:?}{}, health {}\n",
+                "{product}: cluster {cluster_name:?}{}, health {}\n",
                 if version.is_empty() {
                     String::new()
                 } else {
@@ -137,6 +138,13 @@ pub fn render_status(name: &str, rows: &[NodeRow], es: &EsView, color: bool) -> 
 mod tests {
     use super::*;
 
+    fn spec(flavor: &str) -> esfleet_core::es::ClusterSpec {
+        esfleet_core::es::parse_spec(&format!(
+            "name = \"logs\"\nflavor = \"{flavor}\"\n[master]\ncount = 3\n[data]\ncount = 3\n"
+        ))
+        .unwrap()
+    }
+
     fn row(unit: &str, node: &str, state: &str) -> NodeRow {
         NodeRow {
             unit: unit.into(),
@@ -151,7 +159,7 @@ mod tests {
     #[test]
     fn unreachable_says_so() {
         let t = render_status(
-            "logs",
+            &spec("elasticsearch"),
             &[row("logs-d@1.service", "logs-d1", "active (running)")],
             &EsView::Unreachable("connection refused".into()),
             false,
@@ -196,7 +204,7 @@ mod tests {
             ],
         };
         let t = render_status(
-            "logs",
+            &spec("opensearch"),
             &[
                 row("logs-d@1.service", "logs-d1", "active (running)"),
                 row("logs-d@2.service", "logs-d2", "not placed"),
@@ -213,6 +221,7 @@ mod tests {
             "{t}"
         );
         assert!(t.contains("health yellow: 2 nodes, 1 unassigned"), "{t}");
+        assert!(t.contains("\nOpenSearch: cluster \"logs\" (version 8.15.0)"), "{t}");
         assert!(t.contains("nodes esfleet does not run: other"), "{t}");
     }
 }
