@@ -56,6 +56,11 @@ else                                                 # hybrid: name=systemd v1 +
     CG_V2=/sys/fs/cgroup/unified/eft-$ID
 fi
 BOOT_TIMEOUT=${EFT_BOOT_TIMEOUT:-60}
+# A host's disk: the tmpfs its root's writes go to. tmpfs takes memory only for what is
+# written; 2g holds two nspawn nodes' machine directories (an image is ~340 MiB) with
+# room under Elasticsearch's disk watermarks.
+ROOT_SIZE=${EFT_ROOT_SIZE:-2g}
+[[ $ROOT_SIZE =~ ^[0-9]+[kmg]$ ]] || { echo "hosts.sh: EFT_ROOT_SIZE '$ROOT_SIZE' must be a size like 512m or 2g" >&2; exit 2; }
 CLEAN_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 die() { echo "hosts.sh: $*" >&2; exit 1; }
@@ -115,7 +120,7 @@ host_net() {  # name ip
 # disappears when nspawn (the last process in that namespace) exits.
 launch_inner() {
     local h=$1 H=$TB/$1
-    mount -t tmpfs -o mode=0755,size=512m "eft-rw-$h" "$H/rw"
+    mount -t tmpfs -o "mode=0755,size=$ROOT_SIZE" "eft-rw-$h" "$H/rw"
     mkdir -p "$H/rw/upper" "$H/rw/work"
     local U=$H/rw/upper
     mkdir -p "$U/etc/systemd/system" "$U/var/lib/dbus"

@@ -22,5 +22,6 @@ pub use poll::poll;
 pub use ports::free_port;
 pub mod hosts;
 pub use hosts::Hosts;
+pub mod engine;
 pub mod es_standin;
 pub mod realcluster;

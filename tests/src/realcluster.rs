@@ -596,11 +596,17 @@ impl RealCluster {
 
     /// Runs the `esfleet` CLI (with `--endpoints`) in `host`.
     pub fn esfleet_on(&self, host: &str, args: &[&str]) -> anyhow::Result<Output> {
+        self.esfleet_within(host, crate::hosts::EXEC_TIMEOUT, args)
+    }
+
+    /// Runs the `esfleet` CLI in `host`, killed after `timeout` (for commands whose own
+    /// `--timeout` is longer than [`crate::hosts::EXEC_TIMEOUT`], such as a rolling restart).
+    pub fn esfleet_within(&self, host: &str, timeout: Duration, args: &[&str]) -> anyhow::Result<Output> {
         let bin = format!("{BIN_IN_HOST}/esfleet");
         let eps = self.endpoints();
         let mut full: Vec<&str> = vec![&bin, "--endpoints", &eps];
         full.extend_from_slice(args);
-        self.hosts.exec(host, &full)
+        self.hosts.exec_timeout(host, &full, timeout)
     }
 
     /// [`RealCluster::esfleet`], failing unless it exits 0; returns its stdout.

@@ -27,3 +27,4 @@ mod t85_leader_kill_during_start;
 mod t86_drain;
 mod t87_elasticsearch;
 mod t88_real_engine;
+mod t89_nspawn_engine;

@@ -1,0 +1,124 @@
+//! The nspawn runtime for real (issue 16): the same OpenSearch cluster as t88, each node in
+//! its own systemd-nspawn container made from the image `scripts/es-image` builds (Debian
+//! 12 minbase, a JRE, the engine), nested in the test hosts' own systemd. Before this test
+//! the nspawn units had never started a container.
+//!
+//! 1. `es apply` → green, zone-safe (as t88: forced awareness, zone attributes, copies in
+//!    distinct zones); each node is a registered machine named after it, running the
+//!    engine as the image's `opensearch` user, on a data directory of this placement.
+//! 2. `es restart` of every node: each container is halted (its stub init hands the engine
+//!    SIGTERM) and started again from its machine directory; never red, documents intact.
+//!
+//! Root only (`ESFLEET_ROOT_TESTS=1`); a missing image fails the test (`scripts/test`
+//! builds it first).
+
+use std::time::{Duration, Instant};
+
+use esfleet_tests::engine::{image, sample_health, tally, Engine};
+use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
+
+use super::t88_real_engine::{apply_and_check, boot, cluster_toml};
+
+#[test]
+fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
+    if skip_unless_root("t89_nspawn_engine::a_real_opensearch_cluster_runs_in_nspawn_containers") {
+        return;
+    }
+    let image = image();
+    let _map_count = MaxMapCount::set(262_144);
+    let c = boot(&cluster_toml(&format!(
+        "runtime = \"nspawn\"\nimage = \"{}\"",
+        image.display()
+    )));
+    let os = Engine {
+        c: &c,
+        from: "ctl".into(),
+    };
+
+    // 1. Apply: the containers start, the cluster forms, green and zone-safe.
+    let a = apply_and_check(&c, &os);
+    let mut per_host: std::collections::BTreeMap<&str, usize> = Default::default();
+    for (unit, host) in &a.at {
+        *per_host.entry(host).or_default() += 1;
+        // A registered machine named after the node, made from the image.
+        let node = unit.replace('@', "").replace(".service", "");
+        let state = c
+            .hosts()
+            .exec_ok(host, &["machinectl", "show", "--property=State", "--value", &node])
+            .unwrap();
+        assert_eq!(state.trim(), "running", "{unit} on {host}");
+        c.hosts()
+            .exec_ok(
+                host,
+                &[
+                    "test",
+                    "-x",
+                    &format!("/var/lib/machines/{node}/usr/share/opensearch/bin/opensearch"),
+                ],
+            )
+            .unwrap();
+    }
+    // Each host runs one engine process per node placed there, none of them as root.
+    for (host, n) in per_host {
+        let ps = c.hosts().exec_ok(host, &["ps", "-eo", "uid=,args="]).unwrap();
+        let engines: Vec<&str> = ps
+            .lines()
+            .filter(|l| l.contains("dev.esfleet.engine.Launcher"))
+            .collect();
+        assert_eq!(engines.len(), n, "{host}: {engines:?}");
+        for l in engines {
+            assert!(
+                !l.trim_start().starts_with("0 "),
+                "{host}: the engine runs as root: {l}"
+            );
+        }
+    }
+
+    // 2. A rolling restart of every container.
+    let before: Vec<u64> =
+        a.at.iter()
+            .map(|(u, h)| c.unit_times(h, u).unwrap().active_enter_us)
+            .collect();
+    let t = Instant::now();
+    let ((ok, text), statuses) = sample_health(&os, &a.everyone, Duration::from_millis(500), || {
+        let args = ["es", "restart", "logs", "--timeout", "180s", "--es-timeout", "180s"];
+        let host = c.control_host().unwrap();
+        let out = c.esfleet_within(&host, Duration::from_secs(900), &args).unwrap();
+        let text = format!("{}{}", out.stdout, out.stderr);
+        println!("$ esfleet {}\n{text}", args.join(" "));
+        (out.success(), text)
+    });
+    assert!(ok, "{text}");
+    println!(
+        "es restart of 6 nspawn nodes: {:?}; health: {}",
+        t.elapsed(),
+        tally(&statuses)
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "red"),
+        "red during the restart: {statuses:?}"
+    );
+    os.wait_status(
+        &a.everyone,
+        "green",
+        "green after the restart",
+        Duration::from_secs(120),
+    );
+    assert_eq!(os.count(&a.everyone, "docs").unwrap(), 200);
+    // Every node was restarted, and each stop was the engine's own clean shutdown: the
+    // stub init handed it SIGTERM (a SIGKILL leaves no "closed" line).
+    for ((u, h), was) in a.at.iter().zip(before) {
+        assert!(
+            c.unit_times(h, u).unwrap().active_enter_us > was,
+            "{u} was not restarted"
+        );
+        let journal = c.unit_journal(h, u).unwrap();
+        assert!(
+            journal
+                .iter()
+                .any(|(_, l)| l.contains("[o.o.n.Node") && l.ends_with("] closed")),
+            "{u} on {h}: the engine never closed cleanly"
+        );
+    }
+    c.teardown().unwrap();
+}
