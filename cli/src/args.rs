@@ -319,7 +319,12 @@ pub enum MachineCommand {
         long_about = "\
 Drain a machine: the scheduler moves its units elsewhere (one at a time within a group's
 MaxUnavailable) and places nothing new there. Shows progress until the machine is empty
-(see --no-block). `esfleet machine undrain` gives the machine back.",
+(see --no-block). `esfleet machine undrain` gives the machine back.
+
+An Elasticsearch data node on the machine is first excluded from allocation (by node id)
+and its shards moved off, before the scheduler is asked to move it; the exclusion is taken
+out once the drain is done. Refused when a copy that is the last of its shard cannot move
+(stopping the node would turn the cluster red), unless --force.",
         after_help = "Example:\n  esfleet machine drain --reason 'disk replacement' 1a2b3c4d5e6f47a8b9c0d1e2f3a4b5c6"
     )]
     Drain {
@@ -330,6 +335,17 @@ MaxUnavailable) and places nothing new there. Shows progress until the machine i
         reason: String,
         #[command(flatten)]
         block: Block,
+        /// Drain even when an Elasticsearch data node there holds the last copy of a shard
+        /// that cannot move (the cluster goes red when it stops).
+        #[arg(long, env = "ESFLEET_FORCE", value_parser = FalseyValueParser::new(), default_value = "false")]
+        force: bool,
+        /// How long the shards of an Elasticsearch data node may take to move off; `0`
+        /// waits forever.
+        #[arg(long, env = "ESFLEET_ES_TIMEOUT", default_value = "30m", value_parser = parse_duration)]
+        es_timeout: Duration,
+        /// How long one HTTP request to Elasticsearch may take before the next node is asked.
+        #[arg(long, env = "ESFLEET_ES_REQUEST_TIMEOUT", default_value = "60s", value_parser = parse_duration)]
+        es_request_timeout: Duration,
     },
     /// Cancel a drain: the machine takes units again
     #[command(after_help = "Example:\n  esfleet machine undrain 1a2b3c4d5e6f47a8b9c0d1e2f3a4b5c6")]
@@ -443,6 +459,9 @@ coordinating nodes go first, masters last (the elected master at the very end). 
 stopped only when every node is in the cluster. A node whose template changed takes the
 new unit file while it is stopped.
 
+Refused while an index has no replica (its shards would be unavailable while their node
+restarts), unless --force.
+
 Resumable: after an interruption, run it again; it first resets the allocation setting,
 starts a node left stopped, and waits for green.",
         after_help = "Example:\n  esfleet es restart logs"
@@ -452,6 +471,10 @@ starts a node left stopped, and waits for green.",
         cluster: String,
         #[command(flatten)]
         waits: EsWaits,
+        /// Restart even when an index has no replica (the cluster goes red while the node
+        /// holding its shards is down).
+        #[arg(long, env = "ESFLEET_FORCE", value_parser = FalseyValueParser::new(), default_value = "false")]
+        force: bool,
     },
     /// Remove data or master nodes one at a time, gated on the cluster's health
     #[command(

@@ -611,7 +611,7 @@ fn node_steps(unit: &str) -> Vec<String> {
 #[tokio::test]
 async fn rolling_restart_one_node_at_a_time_masters_last_elected_last() {
     let (world, fleet, http, target) = setup(3, 3, 1).await;
-    ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
+    ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap();
     let mut want = RESET_ALLOCATION.map(String::from).to_vec();
     for u in [
         "logs-d@1.service",
@@ -640,7 +640,7 @@ async fn an_interrupted_restart_resumes_by_resetting_allocation_and_starting_the
         w.units.insert("logs-d@2.service".into(), "loaded".into());
         w.leave("logs-d2");
     }
-    ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
+    ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap();
     let l = log(&world);
     assert_eq!(l[..2], RESET_ALLOCATION);
     assert_eq!(l[2], "fleet start logs-d@2.service");
@@ -665,7 +665,7 @@ async fn a_restart_never_stops_a_node_while_another_is_missing() {
         timeout: Duration::from_millis(300),
         ..WAITS
     };
-    let e = ops::restart(&fleet, &http, &target, &waits).await.unwrap_err();
+    let e = ops::restart(&fleet, &http, &target, &waits, false).await.unwrap_err();
     assert!(
         e.to_string().contains("every node to be in the cluster") && e.to_string().contains("logs-d3"),
         "{e}"
@@ -811,7 +811,7 @@ async fn a_restart_waits_for_green_before_each_stop_not_just_for_every_node_to_b
     // Once logs-d1's pass is over (green, allocation back to normal), logs-d3 crashes and
     // comes straight back, empty: every node is in _cat/nodes, but its copies are rebuilding.
     world.lock().unwrap().crash = Some(("fleet start logs-d@1.service".into(), "logs-d3".into()));
-    ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
+    ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap();
     let l = log(&world);
     let crash = l
         .iter()
@@ -837,7 +837,7 @@ async fn a_failed_stop_during_a_restart_resets_allocation() {
         "stop logs-d@2.service".into(),
         "logs-d@2.service did not stop within 1m".into(),
     );
-    let e = ops::restart(&fleet, &http, &target, &WAITS).await.unwrap_err();
+    let e = ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("logs-d@2.service did not stop within 1m"), "{msg}");
     assert!(msg.contains("cluster.routing.allocation.enable was reset"), "{msg}");
@@ -864,7 +864,7 @@ async fn a_node_that_does_not_rejoin_resets_allocation_and_the_restart_resumes()
         timeout: Duration::from_millis(200),
         ..WAITS
     };
-    let e = ops::restart(&fleet, &http, &target, &waits).await.unwrap_err();
+    let e = ops::restart(&fleet, &http, &target, &waits, false).await.unwrap_err();
     let msg = e.to_string();
     assert!(msg.contains("gave up waiting for logs-d1 to join the cluster"), "{msg}");
     assert!(msg.contains("cluster.routing.allocation.enable was reset"), "{msg}");
@@ -878,7 +878,7 @@ async fn a_node_that_does_not_rejoin_resets_allocation_and_the_restart_resumes()
         w.joining.insert("logs-d1".into(), 0);
         w.log.clear();
     }
-    ops::restart(&fleet, &http, &target, &WAITS).await.unwrap();
+    ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap();
     let l = log(&world);
     assert_eq!(l[..2], RESET_ALLOCATION);
     assert_eq!(l.len(), 2 + 6 * 5, "{l:?}");
@@ -1015,7 +1015,7 @@ async fn a_master_scale_down_refuses_while_someone_elses_voting_exclusion_exists
 async fn a_restart_refuses_while_voting_exclusions_exist() {
     let (world, fleet, http, target) = setup(3, 3, 1).await;
     world.lock().unwrap().voting_exclusions.insert("logs-m3".into());
-    let e = ops::restart(&fleet, &http, &target, &WAITS).await.unwrap_err();
+    let e = ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, OpsError::Refused(_)), "{msg}");
     assert!(msg.contains("voting configuration exclusions (logs-m3)"), "{msg}");

@@ -29,7 +29,7 @@ pub async fn run(ctx: &Ctx, cmd: EsCommand) -> Result<(), CliError> {
             cluster,
             es_request_timeout,
         } => status(ctx, cluster.as_deref(), es_request_timeout).await,
-        EsCommand::Restart { cluster, waits } => restart(ctx, &cluster, &waits).await,
+        EsCommand::Restart { cluster, waits, force } => restart(ctx, &cluster, &waits, force).await,
         EsCommand::ScaleDown {
             cluster,
             data,
@@ -299,14 +299,14 @@ fn waits(w: &EsWaits) -> Waits {
     }
 }
 
-async fn restart(ctx: &Ctx, name: &str, w: &EsWaits) -> Result<(), CliError> {
+async fn restart(ctx: &Ctx, name: &str, w: &EsWaits, force: bool) -> Result<(), CliError> {
     let (record, revision) = get_cluster(ctx, name).await?;
     let http = es_client(ctx, &record, w.es_request_timeout).await?;
     let fleet = CliFleet {
         ctx,
         timeout: w.timeout,
     };
-    ops::restart(&fleet, &http, &Target { record, revision }, &waits(w))
+    ops::restart(&fleet, &http, &Target { record, revision }, &waits(w), force)
         .await
         .map_err(ops_err)
 }
@@ -338,4 +338,119 @@ async fn delete(ctx: &Ctx, name: &str) -> Result<(), CliError> {
         text.push_str(&format!("Template {t} destroyed\n"));
     }
     out(&text)
+}
+
+/// A data node a drain excluded from allocation: released once the drain is done.
+pub struct Evacuated {
+    http: EsHttp,
+    cluster: String,
+    node: String,
+    id: String,
+}
+
+/// Before machine `machine` is drained: moves the shards off every Elasticsearch data node
+/// placed there ([`ops::drain_evacuate`]). On a refusal, the nodes already excluded are
+/// released again before the error returns.
+pub async fn drain_prepare(
+    ctx: &Ctx,
+    machine: &str,
+    force: bool,
+    es_timeout: Duration,
+    request_timeout: Duration,
+) -> Result<Vec<Evacuated>, CliError> {
+    let clusters = list_clusters(ctx).await?;
+    if clusters.is_empty() {
+        return Ok(Vec::new());
+    }
+    let files = ctx
+        .client
+        .call("ListUnitFiles", Retry::Idempotent, |ch| async move {
+            crate::client::fleet(ch)
+                .list_unit_files(pb::ListUnitFilesRequest {})
+                .await
+        })
+        .await?;
+    let here = |unit: &UnitName| {
+        files.units.iter().any(|u| {
+            u.name == unit.as_str()
+                && u.placements
+                    .iter()
+                    .any(|p| p.machine_id == machine && p.desired != "inactive")
+        })
+    };
+    let fleet = CliFleet {
+        ctx,
+        timeout: es_timeout,
+    };
+    let w = Waits {
+        timeout: es_timeout,
+        poll: POLL,
+    };
+    let mut done: Vec<Evacuated> = Vec::new();
+    for c in &clusters {
+        let record = parse_record(c)?;
+        let name = &record.spec.name;
+        for n in ops::nodes(&record)
+            .into_iter()
+            .filter(|n| n.role == Role::Data && here(&n.unit))
+        {
+            out(&format!(
+                "{} node {} of cluster {name} runs on {machine}: moving its shards off first\n",
+                record.spec.flavor.product(),
+                n.name
+            ))?;
+            let http = es_client(ctx, &record, request_timeout).await?;
+            let result = ops::drain_evacuate(&fleet, &Es { http: &http }, &w, name, &n.name, force).await;
+            match result {
+                Ok(Some(id)) => done.push(Evacuated {
+                    http,
+                    cluster: name.clone(),
+                    node: n.name.clone(),
+                    id,
+                }),
+                Ok(None) => {}
+                Err(e) => {
+                    drain_release(&done).await;
+                    return Err(ops_err(e));
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+impl Evacuated {
+    /// What an operator who did not wait for the drain is left with.
+    pub fn left_excluded(&self) -> String {
+        format!(
+            "{} ({}) stays in cluster {}'s {}: harmless once the drain moved it (the id goes with the old \
+             placement), but remove it from that setting if the drain is cancelled",
+            self.node,
+            self.id,
+            self.cluster,
+            crate::es::api::EXCLUDE_ID
+        )
+    }
+}
+
+/// Takes the drained nodes' ids out of their clusters' allocation exclusions, saying so.
+pub async fn drain_release(evacuated: &[Evacuated]) {
+    for e in evacuated {
+        let line = match ops::drain_release(&Es { http: &e.http }, &e.id).await {
+            Ok(_) => format!(
+                "{} ({}) taken out of cluster {}'s allocation exclusions\n",
+                e.node, e.id, e.cluster
+            ),
+            Err(err) => format!(
+                "{} ({}) could not be taken out of cluster {}'s allocation exclusions ({err}); \
+                 remove {} from {} by hand\n",
+                e.node,
+                e.id,
+                e.cluster,
+                e.id,
+                crate::es::api::EXCLUDE_ID
+            ),
+        };
+        let _ = out(&line);
+    }
 }

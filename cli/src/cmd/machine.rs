@@ -21,8 +21,17 @@ fn check_id(id: &str) -> Result<(), CliError> {
 
 pub async fn run(ctx: &Ctx, cmd: MachineCommand) -> Result<(), CliError> {
     match cmd {
-        MachineCommand::Drain { id, reason, block } => {
+        MachineCommand::Drain {
+            id,
+            reason,
+            block,
+            force,
+            es_timeout,
+            es_request_timeout,
+        } => {
             check_id(&id)?;
+            // Elasticsearch data nodes there give up their shards before anything moves.
+            let evacuated = super::es::drain_prepare(ctx, &id, force, es_timeout, es_request_timeout).await?;
             let req = pb::DrainRequest {
                 machine_id: id.clone(),
                 reason,
@@ -43,6 +52,9 @@ pub async fn run(ctx: &Ctx, cmd: MachineCommand) -> Result<(), CliError> {
                 }
             ))?;
             if block.no_block {
+                for e in &evacuated {
+                    out(&format!("{}\n", e.left_excluded()))?;
+                }
                 return Ok(());
             }
             let deadline = (!block.timeout.is_zero()).then(|| Instant::now() + block.timeout);
@@ -62,7 +74,9 @@ pub async fn run(ctx: &Ctx, cmd: MachineCommand) -> Result<(), CliError> {
                     )));
                 };
                 if drain.done {
-                    return out(&format!("Machine {id} is drained: no units left on it\n"));
+                    out(&format!("Machine {id} is drained: no units left on it\n"))?;
+                    super::es::drain_release(&evacuated).await;
+                    return Ok(());
                 }
                 if last.as_ref() != Some(&drain.remaining) {
                     let shown: Vec<&str> = drain.remaining.iter().take(8).map(String::as_str).collect();

@@ -12,6 +12,9 @@ use super::http::{EsHttp, HttpError, Method};
 pub const ALLOCATION_ENABLE: &str = "cluster.routing.allocation.enable";
 /// The setting a data scale-down uses to move shards off the node to remove.
 pub const EXCLUDE_NAME: &str = "cluster.routing.allocation.exclude._name";
+/// Excludes by node id: a node placed anew keeps its name but gets a new id (a fresh data
+/// directory), so a drain excludes the old placement only.
+pub const EXCLUDE_ID: &str = "cluster.routing.allocation.exclude._id";
 
 /// `GET /_cluster/health`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

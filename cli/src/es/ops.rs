@@ -9,6 +9,12 @@
 //!   while it is down (no replica rebuilds); after it is started, wait until it is back in
 //!   `_cat/nodes` (ECK #5449), re-enable allocation, wait for green; only then the next one.
 //!   If anything fails while allocation is `primaries`, it is reset before the error returns.
+//! - restart: refused while an index has no replica (its shards are unavailable while the
+//!   node holding them restarts: red), unless forced.
+//! - drain (a host's units move elsewhere): each data node on the host is excluded from
+//!   allocation by node id (its replacement keeps the name, not the id) and its shards
+//!   move off before the scheduler is asked to move it; refused when copies that would be
+//!   the last of their shard cannot move, unless forced.
 //! - scale-down: refused while allocation is restricted (`cluster.routing.allocation.enable`
 //!   other than `all`): shards could not move and health could not recover.
 //! - data scale-down (ECK #8195): green and core's `data_removal_check`, add the node to the
@@ -31,7 +37,7 @@ use esfleet_core::UnitName;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use super::api::{Es, Health, ALLOCATION_ENABLE, EXCLUDE_NAME};
+use super::api::{CatShard, Es, Health, ALLOCATION_ENABLE, EXCLUDE_ID, EXCLUDE_NAME};
 use super::http::{EsHttp, HttpError};
 
 #[derive(Debug, thiserror::Error)]
@@ -312,7 +318,13 @@ async fn undo_voter_exclusion(es: &Es<'_>, cluster: &str, node: &NodeRef, error:
 /// Rolling restart: data and coordinating nodes first, masters last, the elected master
 /// at the very end (why: Elastic's rolling-upgrade order restarts master-eligible nodes
 /// last, and the elected one last of all costs one election instead of up to one per master).
-pub async fn restart<F: FleetOps>(fleet: &F, http: &EsHttp, target: &Target, waits: &Waits) -> Result<(), OpsError> {
+pub async fn restart<F: FleetOps>(
+    fleet: &F,
+    http: &EsHttp,
+    target: &Target,
+    waits: &Waits,
+    force: bool,
+) -> Result<(), OpsError> {
     let es = Es { http };
     let all = nodes(&target.record);
     let units: Vec<UnitName> = all.iter().map(|n| n.unit.clone()).collect();
@@ -359,6 +371,20 @@ pub async fn restart<F: FleetOps>(fleet: &F, http: &EsHttp, target: &Target, wai
     }
     let h = wait_green(fleet, &es, waits).await?;
     fleet.say(&format!("cluster {name} is {}", h.summary()));
+    let unreplicated = unreplicated_indices(&es).await?;
+    if !unreplicated.is_empty() {
+        let list = unreplicated.join(", ");
+        if !force {
+            return Err(OpsError::Refused(format!(
+                "index(es) {list} of cluster {name} have no replica: while the node holding a shard of them \
+                 restarts, that shard is unavailable and the cluster is red. Add a replica first \
+                 (PUT /<index>/_settings {{\"index.number_of_replicas\": 1}}), or run again with --force to accept it"
+            )));
+        }
+        fleet.say(&format!(
+            "--force: index(es) {list} have no replica; the cluster goes red while their nodes restart"
+        ));
+    }
 
     // Order: non-masters by role and ordinal, then masters with the elected one last.
     let elected = es.cat_nodes().await?.into_iter().find(|n| n.master).map(|n| n.name);
@@ -516,42 +542,191 @@ fn name_list(v: &str) -> Vec<String> {
 
 /// Adds `name` to the allocation exclusions, keeping any already there.
 async fn exclude_add<F: FleetOps>(fleet: &F, es: &Es<'_>, name: &str) -> Result<(), OpsError> {
-    let mut names = es
-        .setting(EXCLUDE_NAME)
-        .await?
-        .map(|v| name_list(&v))
-        .unwrap_or_default();
-    if names.iter().any(|n| n == name) {
-        return Ok(());
-    }
-    if !names.is_empty() {
-        fleet.say(&format!(
-            "  {EXCLUDE_NAME} already lists {}; adding {name}",
-            names.join(",")
-        ));
-    }
-    names.push(name.to_string());
-    es.set_persistent(EXCLUDE_NAME, Value::from(names.join(","))).await?;
-    Ok(())
+    exclusion_add(fleet, es, EXCLUDE_NAME, name).await
 }
 
 /// Takes `name` (only) out of the allocation exclusions; false if it was not there.
 async fn exclude_remove(es: &Es<'_>, name: &str) -> Result<bool, OpsError> {
-    let Some(v) = es.setting(EXCLUDE_NAME).await? else {
+    exclusion_remove(es, EXCLUDE_NAME, name).await
+}
+
+/// Adds `value` to the comma list in exclusion setting `key`, keeping any already there.
+async fn exclusion_add<F: FleetOps>(fleet: &F, es: &Es<'_>, key: &str, value: &str) -> Result<(), OpsError> {
+    let mut values = es.setting(key).await?.map(|v| name_list(&v)).unwrap_or_default();
+    if values.iter().any(|n| n == value) {
+        return Ok(());
+    }
+    if !values.is_empty() {
+        fleet.say(&format!("  {key} already lists {}; adding {value}", values.join(",")));
+    }
+    values.push(value.to_string());
+    es.set_persistent(key, Value::from(values.join(","))).await?;
+    Ok(())
+}
+
+/// Takes `value` (only) out of exclusion setting `key`; false if it was not there.
+async fn exclusion_remove(es: &Es<'_>, key: &str, value: &str) -> Result<bool, OpsError> {
+    let Some(v) = es.setting(key).await? else {
         return Ok(false);
     };
-    let names = name_list(&v);
-    if !names.iter().any(|n| n == name) {
+    let values = name_list(&v);
+    if !values.iter().any(|n| n == value) {
         return Ok(false);
     }
-    let rest: Vec<String> = names.into_iter().filter(|n| n != name).collect();
+    let rest: Vec<String> = values.into_iter().filter(|n| n != value).collect();
     let value = if rest.is_empty() {
         Value::Null
     } else {
         Value::from(rest.join(","))
     };
-    es.set_persistent(EXCLUDE_NAME, value).await?;
+    es.set_persistent(key, value).await?;
     Ok(true)
+}
+
+/// Indices whose `number_of_replicas` is 0 (hidden ones included).
+async fn unreplicated_indices(es: &Es<'_>) -> Result<Vec<String>, OpsError> {
+    let mut v: Vec<String> = es
+        .cat_indices()
+        .await?
+        .into_iter()
+        .filter(|i| i.replicas == 0)
+        .map(|i| i.index)
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Shard copies on `node` that are the only started copy of their shard: stopping the node
+/// would make those shards unavailable (red).
+pub fn last_copies<'s>(shards: &'s [CatShard], node: &str) -> Vec<&'s CatShard> {
+    shards
+        .iter()
+        .filter(|s| s.involves(node))
+        .filter(|s| {
+            !shards
+                .iter()
+                .any(|o| o.index == s.index && o.shard == s.shard && o.state == "STARTED" && !o.involves(node))
+        })
+        .collect()
+}
+
+/// How long shard movement may show no progress (nothing relocating or initializing,
+/// copies still on the node) before the copies left are taken as unable to move.
+const STUCK_POLLS: u32 = 5;
+
+/// Before a drain moves data node `node` off its host: excludes it from allocation by its
+/// node id and waits until its shards moved off. Copies Elasticsearch will not move (no
+/// room elsewhere, forced awareness) are acceptable when every one of them has another
+/// started copy (stopping the node leaves the cluster yellow, never red); a copy that is
+/// the last of its shard refuses the drain, the exclusion taken back, unless `force`.
+/// Returns the excluded node id ([`drain_release`] takes it out once the node moved), or
+/// `None` when the node is not in the cluster (nothing on it to protect).
+pub async fn drain_evacuate<F: FleetOps>(
+    fleet: &F,
+    es: &Es<'_>,
+    waits: &Waits,
+    cluster: &str,
+    node: &str,
+    force: bool,
+) -> Result<Option<String>, OpsError> {
+    let ids = es.node_ids().await?;
+    let mine: Vec<&String> = ids
+        .iter()
+        .filter(|(_, n)| n.as_str() == node)
+        .map(|(id, _)| id)
+        .collect();
+    let [id] = mine[..] else {
+        if mine.is_empty() {
+            fleet.say(&format!("  {node} is not in cluster {cluster}: no shards to move off"));
+            return Ok(None);
+        }
+        return Err(OpsError::Refused(format!(
+            "{} nodes of cluster {cluster} are named {node} (a drain already under way?); wait until one has left, \
+             then drain again",
+            mine.len()
+        )));
+    };
+    let id = id.clone();
+    exclusion_add(fleet, es, EXCLUDE_ID, &id).await?;
+    fleet.say(&format!(
+        "  {node} ({id}) added to {EXCLUDE_ID}; waiting for its shards to move"
+    ));
+    let quiet = std::cell::Cell::new(0u32);
+    let waited = wait_until(fleet, waits, &format!("the shards to leave {node}"), || {
+        let quiet = &quiet;
+        async move {
+            let shards = es.cat_shards().await?;
+            let left: Vec<CatShard> = shards.into_iter().filter(|s| s.involves(node)).collect();
+            if left.is_empty() {
+                return Ok(Step::Done(Vec::new()));
+            }
+            let h = es.health().await?;
+            quiet.set(if h.relocating_shards == 0 && h.initializing_shards == 0 {
+                quiet.get() + 1
+            } else {
+                0
+            });
+            Ok(if quiet.get() >= STUCK_POLLS {
+                Step::Done(left)
+            } else {
+                Step::Waiting(format!("{} shard copies still on {node}", left.len()))
+            })
+        }
+    })
+    .await;
+    let stuck = match waited {
+        Ok(stuck) => stuck,
+        Err(error) => {
+            let cleanup = match exclusion_remove(es, EXCLUDE_ID, &id).await {
+                Ok(_) => format!("{node} was taken out of {EXCLUDE_ID} again; nothing was moved"),
+                Err(e) => format!("{node} ({id}) is still in {EXCLUDE_ID} and could not be taken out ({e})"),
+            };
+            return Err(OpsError::CleanedUp {
+                error: Box::new(error),
+                cleanup,
+            });
+        }
+    };
+    if stuck.is_empty() {
+        fleet.say(&format!("  no shard copies left on {node}"));
+        return Ok(Some(id));
+    }
+    let shards = es.cat_shards().await?;
+    let last: Vec<String> = last_copies(&shards, node)
+        .iter()
+        .map(|s| format!("{}[{}]", s.index, s.shard))
+        .collect();
+    if last.is_empty() {
+        fleet.say(&format!(
+            "  {} shard copies cannot leave {node}, each with another started copy: stopping it leaves the \
+             cluster yellow until they are rebuilt",
+            stuck.len()
+        ));
+        return Ok(Some(id));
+    }
+    if force {
+        fleet.say(&format!(
+            "  --force: {node} holds the only copy of {}; the cluster goes red when it stops",
+            last.join(", ")
+        ));
+        return Ok(Some(id));
+    }
+    let undo = match exclusion_remove(es, EXCLUDE_ID, &id).await {
+        Ok(_) => format!("{node} was taken out of {EXCLUDE_ID} again"),
+        Err(e) => format!("{node} ({id}) is still in {EXCLUDE_ID} and could not be taken out ({e})"),
+    };
+    Err(OpsError::Refused(format!(
+        "{node} holds the only copy of {} and Elasticsearch will not move {} elsewhere (see \
+         GET /_cluster/allocation/explain): stopping it would make cluster {cluster} red. Add room or replicas, \
+         or drain with --force to accept it; {undo}",
+        last.join(", "),
+        if last.len() == 1 { "it" } else { "them" },
+    )))
+}
+
+/// After a drain: takes node id `id` out of the allocation exclusions.
+pub async fn drain_release(es: &Es<'_>, id: &str) -> Result<bool, OpsError> {
+    exclusion_remove(es, EXCLUDE_ID, id).await
 }
 
 async fn remove_data<F: FleetOps>(fleet: &F, es: &Es<'_>, waits: &Waits, node: &NodeRef) -> Result<(), OpsError> {
