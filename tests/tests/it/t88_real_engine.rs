@@ -9,6 +9,8 @@
 //! 1. `esfleet es apply` → green. Every node's settings carry forced awareness over the
 //!    three zones, `_cat/nodeattrs` shows each node's real zone, the elected master shows in
 //!    `esfleet es status`, and every shard's three copies sit in three distinct zones.
+//! 7. An index without replicas: `es restart` refuses; the host of a data node is drained:
+//!    its shards move off before the node moves (within its zone), never red.
 //! 2. A whole zone crashes (hosts killed, cables cut). Sampled every 500 ms from surviving
 //!    nodes: never red, yellow while the zone is gone (forced awareness keeps the third
 //!    copies unassigned rather than doubling up in one zone), every document still readable.
@@ -123,6 +125,66 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
 
     // 1. Apply: placed, formed, green, zone-safe.
     let a = apply_and_check(&c, &os);
+
+    // 7. An index without replicas: es restart refuses (its shards would be unavailable
+    //    while their node restarts); a drain of a data node's host moves its shards off
+    //    first: never red, every document readable, the node recreated in its zone.
+    os.index_docs(&a.everyone, "solo", 3, 0, 50);
+    os.wait_status(
+        &a.everyone,
+        "green",
+        "green with the unreplicated index",
+        Duration::from_secs(60),
+    );
+    let (ok, text) = esfleet(&c, &["es", "restart", "logs", "--timeout", "60s"]);
+    assert!(!ok && text.contains("solo") && text.contains("no replica"), "{text}");
+    let d1 = "logs-d@1.service";
+    let drained = a.at[d1].clone();
+    let machine = c.machine_id(&drained).to_string();
+    let t = Instant::now();
+    let (out, statuses) = sample_health(&os, &a.everyone, Duration::from_millis(500), || {
+        let ctl = c.control_host().unwrap();
+        let args = [
+            "machine",
+            "drain",
+            "--timeout",
+            "300s",
+            "--es-timeout",
+            "300s",
+            machine.as_str(),
+        ];
+        c.esfleet_within(&ctl, Duration::from_secs(600), &args).unwrap()
+    });
+    let text = format!("{}{}", out.stdout, out.stderr);
+    println!("$ esfleet machine drain {machine}\n{text}");
+    assert!(out.success(), "{text}");
+    println!(
+        "drain of {drained} ({d1}): {:?}; health: {}",
+        t.elapsed(),
+        tally(&statuses)
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "red"),
+        "red during the drain: {statuses:?}"
+    );
+    let moved = c.wait_units_running(&[d1], PATIENCE).unwrap()[d1].clone();
+    assert_ne!(moved, drained);
+    assert_eq!(zone_of(&moved), zone_of(&drained), "{d1} left its home zone");
+    let a = wait_formed(&c, &os, "logs", (3, 3), (9201, 9200));
+    os.wait_status(&a.everyone, "green", "green after the drain", Duration::from_secs(120));
+    assert_eq!(os.count(&a.everyone, "docs").unwrap(), DOCS as u64);
+    assert_eq!(os.count(&a.everyone, "solo").unwrap(), 50);
+    let settings = os
+        .any(&a.everyone, "GET", "/_cluster/settings?flat_settings=true", None)
+        .unwrap();
+    assert!(
+        settings["persistent"]
+            .get("cluster.routing.allocation.exclude._id")
+            .is_none(),
+        "the drain left its exclusion: {settings}"
+    );
+    c.esfleet_ok(&["machine", "undrain", &machine]).unwrap();
+    os.any(&a.everyone, "DELETE", "/solo", None).unwrap();
 
     // 2. Lose a whole zone.
     let lost: Vec<String> = c.names().into_iter().filter(|h| zone_of(h) == LOST).collect();
