@@ -92,6 +92,32 @@ pub fn machine_record(cfg: &Config) -> MachineRecord {
     }
 }
 
+/// How often the agent re-reads its host's facts (sysctls, memory, CPUs, free disk).
+pub const FACTS_EVERY: Duration = Duration::from_secs(30);
+
+/// Re-reads the machine record every [`FACTS_EVERY`] and hands the session one that changed
+/// in a way the scheduler cares about ([`crate::facts::worth_reporting`]): a sysctl raised
+/// after the agent started makes the host eligible for Elasticsearch nodes without an
+/// agent restart, and one lowered stops new placements there.
+async fn refresh_facts(cfg: Config, tx: watch::Sender<String>, mut stop: watch::Receiver<bool>) {
+    let mut sent = machine_record(&cfg);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(FACTS_EVERY) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+        let now = machine_record(&cfg);
+        if crate::facts::worth_reporting(&sent, &now) {
+            tracing::info!(before = ?sent.facts, after = ?now.facts, "host facts changed; updating the machine record");
+            tx.send_replace(serde_json::to_string(&now).expect("a MachineRecord always serializes"));
+            sent = now;
+        }
+    }
+}
+
 /// Starts the agent; `listener` (if any) serves the agent gRPC service.
 pub fn start<M: UnitManager>(cfg: Config, manager: M, listener: Option<TcpListener>) -> Running<M> {
     start_with(cfg, manager, listener, Commands::default())
@@ -139,6 +165,7 @@ fn start_inner<M: UnitManager>(
             None => Client::new(endpoints.clone(), timeout),
         })
     };
+    let (record_tx, record_rx) = watch::channel(record.clone());
     let (mut session, status) = Session::new(
         new_client(),
         UnitFencer(shared.clone()),
@@ -146,6 +173,7 @@ fn start_inner<M: UnitManager>(
         keys::machine(&cfg.machine_id),
         record,
     );
+    session = session.with_record_updates(record_rx);
     if let Some(dir) = &cfg.state_dir {
         session = session.with_handoff(dir.join("lease"), cfg.stop_units_on_exit);
         shared.keep_fence_list(dir.join("fence-stop"));
@@ -184,6 +212,7 @@ fn start_inner<M: UnitManager>(
         backoff: Backoff::new(Duration::from_millis(200), cfg.timing.poll),
         cfg: cfg.clone(),
     };
+    tokio::spawn(refresh_facts(cfg.clone(), record_tx, worker_rx.clone()));
     let worker = tokio::spawn(worker.run(worker_rx));
 
     let server = listener.map(|listener| {

@@ -11,7 +11,7 @@
 
 use std::path::Path;
 
-use esfleet_core::model::HostFacts;
+use esfleet_core::model::{HostFacts, MachineRecord};
 
 /// The host's name (`/proc/sys/kernel/hostname`, else `$HOSTNAME`, else empty).
 pub fn hostname() -> String {
@@ -33,6 +33,20 @@ pub fn detect(data_path: &Path) -> HostFacts {
         nofile_limit: nofile_limit(),
         threads_max: read_u64("/proc/sys/kernel/threads-max"),
     }
+}
+
+/// Whether `new` should replace `old` in the cluster: any fact but the free disk changed
+/// (or the hostname), or the free disk moved by more than a tenth (at least 1 GiB). Free
+/// disk drifts all the time; writing each drift from every host would load the store for
+/// nothing the scheduler decides by.
+pub fn worth_reporting(old: &MachineRecord, new: &MachineRecord) -> bool {
+    let (a, b) = (&old.facts, &new.facts);
+    let same_but_disk = HostFacts {
+        disk_free_bytes: b.disk_free_bytes,
+        ..a.clone()
+    } == *b;
+    let drift = a.disk_free_bytes.abs_diff(b.disk_free_bytes);
+    old.hostname != new.hostname || !same_but_disk || drift > (a.disk_free_bytes / 10).max(1 << 30)
 }
 
 /// `vm.max_map_count`.
@@ -194,6 +208,35 @@ mod tests {
             limits_nofile("Max cpu time  unlimited unlimited seconds\nMax open files  1024  4096  files\n"),
             Some(1024)
         );
+    }
+
+    #[test]
+    fn only_facts_the_scheduler_decides_by_are_worth_a_write() {
+        let rec = |max_map_count: u64, disk_free_bytes: u64| MachineRecord {
+            id: "m".into(),
+            hostname: "h".into(),
+            address: String::new(),
+            agent_endpoint: String::new(),
+            metadata: Default::default(),
+            facts: HostFacts {
+                max_map_count,
+                disk_free_bytes,
+                ..HostFacts::default()
+            },
+            agent_version: String::new(),
+        };
+        let gib = 1u64 << 30;
+        let base = rec(65_530, 100 * gib);
+        assert!(!worth_reporting(&base, &base));
+        assert!(worth_reporting(&base, &rec(262_144, 100 * gib)), "a sysctl raised");
+        assert!(!worth_reporting(&base, &rec(65_530, 95 * gib)), "disk drift");
+        assert!(worth_reporting(&base, &rec(65_530, 80 * gib)), "a tenth of the disk");
+        // Small disks: at least 1 GiB of change.
+        assert!(!worth_reporting(&rec(1, gib), &rec(1, gib / 2)));
+        assert!(worth_reporting(&rec(1, 3 * gib), &rec(1, gib)));
+        let mut renamed = base.clone();
+        renamed.hostname = "h2".into();
+        assert!(worth_reporting(&base, &renamed));
     }
 
     #[test]

@@ -158,6 +158,11 @@ pub struct Session<L, F> {
     verify_first: bool,
     /// Revoke the lease on exit (the units were stopped); otherwise leave it to a successor.
     release_on_exit: bool,
+    /// Newer machine records (facts re-read while the agent runs): written on the lease
+    /// the machine is registered on, without a new registration.
+    updates: Option<watch::Receiver<String>>,
+    /// `record` differs from what the cluster has.
+    record_dirty: bool,
 }
 
 impl<L: LeaseApi, F: Fencer> Session<L, F> {
@@ -188,9 +193,51 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 boot: String::new(),
                 verify_first: false,
                 release_on_exit: true,
+                updates: None,
+                record_dirty: false,
             },
             rx,
         )
+    }
+
+    /// Takes newer machine records from `updates` and writes each on the current lease
+    /// once registered (the registration's key and guard, no new epoch: the worker does not
+    /// start over for a changed fact).
+    pub fn with_record_updates(mut self, updates: watch::Receiver<String>) -> Self {
+        self.updates = Some(updates);
+        self
+    }
+
+    /// Writes a newer machine record on `lease` if one came; the phase stays Registered
+    /// (a failure leaves the record to be written at the next step).
+    async fn refresh_record(&mut self, lease: i64) {
+        if let Some(rx) = &mut self.updates {
+            if rx.has_changed().unwrap_or(false) {
+                let record = rx.borrow_and_update().clone();
+                self.record_dirty |= record != self.record;
+                self.record = record;
+            }
+        }
+        if !self.record_dirty {
+            return;
+        }
+        let sent = Instant::now();
+        let answer = tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease))
+            .await
+            .unwrap_or_else(|_| Err(unanswered(sent)));
+        match answer {
+            Ok(Registration::Done) => {
+                self.record_dirty = false;
+                tracing::info!(key = self.key, "machine record updated (its facts changed)");
+            }
+            Ok(Registration::Taken { .. }) => {
+                tracing::warn!(
+                    key = self.key,
+                    "machine record not updated: the key is not on our lease"
+                );
+            }
+            Err(e) => tracing::debug!(error = %e, "machine record not updated yet; trying again"),
+        }
     }
 
     /// Hands the lease over across agent restarts. The lease id is kept in `lease_file`
@@ -383,7 +430,11 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
         match phase {
             Phase::Connecting => self.connect(Phase::Connecting).await,
             Phase::Registering { lease } => self.register(lease).await,
-            Phase::Registered { lease } | Phase::Suspect { lease } => self.keep_alive(lease, phase).await,
+            Phase::Registered { lease } => {
+                self.refresh_record(lease).await;
+                self.keep_alive(lease, phase).await
+            }
+            Phase::Suspect { lease } => self.keep_alive(lease, phase).await,
             Phase::Fenced { lease: Some(lease) } => {
                 self.wait(self.next_keepalive).await;
                 let sent = Instant::now();
@@ -551,6 +602,10 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
     }
 
     async fn register(&mut self, lease: i64) -> Phase {
+        if let Some(rx) = &mut self.updates {
+            self.record = rx.borrow_and_update().clone();
+        }
+        self.record_dirty = false;
         let sent = Instant::now();
         let answer = tokio::time::timeout_at(self.deadline(), self.api.register(&self.key, &self.record, lease))
             .await
@@ -817,6 +872,8 @@ mod tests {
         applied: Arc<Mutex<Vec<i64>>>,
         /// Keepalives never answer.
         hang_keepalives: Arc<Mutex<bool>>,
+        /// Every record registered, in order.
+        records: Arc<Mutex<Vec<String>>>,
     }
 
     impl Script {
@@ -874,9 +931,12 @@ mod tests {
                 a => Err(Self::err(a)),
             }
         }
-        async fn register(&mut self, _k: &str, _v: &str, _lease: i64) -> Result<Registration, ClientError> {
+        async fn register(&mut self, _k: &str, v: &str, _lease: i64) -> Result<Registration, ClientError> {
             match self.now() {
-                Answer::Ack | Answer::Gone => Ok(Registration::Done),
+                Answer::Ack | Answer::Gone => {
+                    self.records.lock().unwrap().push(v.to_string());
+                    Ok(Registration::Done)
+                }
                 a => Err(Self::err(a)),
             }
         }
@@ -916,6 +976,42 @@ mod tests {
         );
         s.rng = Rng::from_seed(1); // the same delays on every run
         (s, status)
+    }
+
+    /// A machine record that changes while registered (a fact re-read) is written on the
+    /// same lease at the next step, without a new registration epoch; one that fails to be
+    /// written is tried again.
+    #[tokio::test(start_paused = true)]
+    async fn a_changed_record_is_written_on_the_lease_without_a_new_epoch() {
+        let script = Script::default();
+        script.answers.lock().unwrap().extend([
+            (Duration::from_secs(5), Answer::Down),
+            (Duration::from_millis(6500), Answer::Ack),
+        ]);
+        script.now();
+        let fences = Log::default();
+        let (s, status) = session(&script, &fences);
+        let (tx, rx) = watch::channel("{}".to_string());
+        let mut s = s.with_record_updates(rx);
+        let (phase, _) = drive(&mut s, Phase::Connecting, Duration::from_secs(2)).await;
+        assert_eq!(phase, Phase::Registered { lease: 1 });
+        assert_eq!(*script.records.lock().unwrap(), ["{}"]);
+        tx.send_replace("{\"max_map_count\":262144}".into());
+        let (phase, _) = drive(&mut s, phase, Duration::from_secs(2)).await;
+        assert_eq!(phase, Phase::Registered { lease: 1 });
+        assert_eq!(*script.records.lock().unwrap(), ["{}", "{\"max_map_count\":262144}"]);
+        assert_eq!(status.borrow().epoch, 1, "no new registration epoch");
+        // Changed while the cluster does not answer: written once it answers again.
+        let (phase, _) = drive(&mut s, phase, Duration::from_millis(1500)).await;
+        tx.send_replace("{\"max_map_count\":65530}".into());
+        let (_, _) = drive(&mut s, phase, Duration::from_secs(4)).await;
+        let records = script.records.lock().unwrap().clone();
+        assert_eq!(
+            records.last().map(String::as_str),
+            Some("{\"max_map_count\":65530}"),
+            "{records:?}"
+        );
+        assert!(fences.0.lock().unwrap().is_empty());
     }
 
     #[tokio::test(start_paused = true)]
