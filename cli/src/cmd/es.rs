@@ -119,6 +119,8 @@ pub fn read_spec(path: &Path) -> Result<core_es::ClusterSpec, CliError> {
 
 async fn apply(ctx: &Ctx, file: &Path, block: &Block) -> Result<(), CliError> {
     let spec = read_spec(file)?;
+    crate::es::apply::check_install(&spec, Path::new("/"))
+        .map_err(|e| CliError::Failed(format!("{}: {e}; nothing was stored or started", file.display())))?;
     let name = spec.name.clone();
     let stored = list_clusters(ctx).await?.into_iter().find(|c| c.name == name);
     let stored_rec = stored.as_ref().map(parse_record).transpose()?;
