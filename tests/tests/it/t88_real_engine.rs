@@ -17,6 +17,10 @@
 //!    The zone's hosts come back (empty disks, as a re-imaged host): green again, and no
 //!    node ever ran in two places.
 //!
+//! 4. The elected master's host crashes: a new master is elected, the lost one is
+//!    recreated in its zone and joins, it leaves the voting configuration, one cluster
+//!    UUID everywhere, and every seed file follows the move.
+//!
 //! Root only (`ESFLEET_ROOT_TESTS=1`); otherwise the test prints a skip line and passes.
 //! With root tests on, a missing engine fails the test: `scripts/test` builds it first.
 //! t89 applies the same cluster in nspawn containers.
@@ -243,5 +247,118 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
         .map(|(_, h)| zone_of(h))
         .collect();
     assert_eq!(master_zones.len(), 3, "one master per zone again: {back:?}");
+
+    // 4. The elected master's host is lost: another master is elected, the lost one is
+    //    recreated (same name, new node id) on its zone's other host and joins, the voting
+    //    configuration no longer holds the lost node, every node has one cluster UUID, and
+    //    every node's seed file names the recreated master, not the lost one.
+    let a = wait_formed(&c, &os, "logs", (3, 3), (9201, 9200));
+    os.wait_status(
+        &a.everyone,
+        "green",
+        "green before the master loss",
+        Duration::from_secs(120),
+    );
+    let nodes = os.any(&a.everyone, "GET", "/_cat/nodes?format=json", None).unwrap();
+    let elected = nodes
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["cluster_manager"] == "*")
+        .and_then(|n| n["name"].as_str())
+        .expect("an elected master")
+        .to_string();
+    let host = a.host_of_node(&elected).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<(String, String)> {
+        v["nodes"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(id, n)| (id.clone(), n["name"].as_str().unwrap_or_default().to_string()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let old_id = ids(&os.any(&a.everyone, "GET", "/_nodes", None).unwrap())
+        .into_iter()
+        .find(|(_, n)| *n == elected)
+        .map(|(id, _)| id)
+        .unwrap();
+    let survivors: Vec<_> = a.everyone.iter().filter(|(h, _)| *h != host).cloned().collect();
+    let t = Instant::now();
+    let ((), statuses) = sample_health(&os, &survivors, Duration::from_millis(500), || {
+        c.crash(&host).unwrap();
+        wait_for_replacement(&os, &survivors, &elected, &old_id, &ids);
+        os.wait_status(
+            &survivors,
+            "green",
+            "green after the master loss",
+            Duration::from_secs(240),
+        );
+    });
+    println!(
+        "elected master {elected} lost with {host} → replaced and green: {:?}; health: {}",
+        t.elapsed(),
+        tally(&statuses)
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "red"),
+        "red during the master loss: {statuses:?}"
+    );
+    let a = wait_formed(&c, &os, "logs", (3, 3), (9201, 9200));
+    let moved = a.host_of_node(&elected).unwrap();
+    assert_eq!(zone_of(&moved), zone_of(&host), "{elected} left its zone");
+    let coord = os
+        .any(
+            &a.everyone,
+            "GET",
+            "/_cluster/state/metadata?filter_path=metadata.cluster_coordination",
+            None,
+        )
+        .unwrap();
+    let voters = coord["metadata"]["cluster_coordination"]["last_committed_config"].to_string();
+    assert!(
+        !voters.contains(&old_id),
+        "the lost master {old_id} still votes: {voters}"
+    );
+    let uuids: std::collections::BTreeSet<String> = a
+        .everyone
+        .iter()
+        .map(|n| {
+            os.call(n, "GET", "/", None).unwrap()["cluster_uuid"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(uuids.len(), 1, "more than one cluster: {uuids:?}");
+    for (unit, h) in &a.at {
+        let seeds = c
+            .hosts()
+            .exec_ok(h, &["cat", &format!("/etc/esfleet/units/{unit}/unicast_hosts.txt")])
+            .unwrap();
+        assert!(seeds.contains(&format!("{}:9301", c.ip(&moved))), "{unit}: {seeds}");
+        assert!(!seeds.contains(&format!("{}:9301", c.ip(&host))), "{unit}: {seeds}");
+    }
     c.teardown().unwrap();
+}
+
+/// Waits until a node named `name` with an id other than `old_id` is in the cluster.
+fn wait_for_replacement(
+    os: &Engine<'_>,
+    nodes: &[esfleet_tests::engine::Endpoint],
+    name: &str,
+    old_id: &str,
+    ids: &dyn Fn(&serde_json::Value) -> Vec<(String, String)>,
+) {
+    esfleet_tests::realcluster::wait_for(
+        "the lost master recreated and joined",
+        Duration::from_secs(240),
+        Duration::from_millis(500),
+        || {
+            let v = os.any(nodes, "GET", "/_nodes", None)?;
+            Ok(ids(&v).iter().any(|(id, n)| n == name && id != old_id).then_some(()))
+        },
+    )
+    .unwrap();
 }

@@ -6,6 +6,8 @@
 //! 1. `es apply` → green, zone-safe (as t88: forced awareness, zone attributes, copies in
 //!    distinct zones); each node is a registered machine named after it, running the
 //!    engine as the image's `opensearch` user, on a data directory of this placement.
+//! 8. (first) Bad input refused by `es apply`, nothing stored or started: an image
+//!    without the engine, a heap larger than half the unit's memory.
 //! 2. `es restart` of every node: each container is halted (its stub init hands the engine
 //!    SIGTERM) and started again from its machine directory; never red, documents intact.
 //!
@@ -34,6 +36,37 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
         c: &c,
         from: "ctl".into(),
     };
+
+    // 8. Bad input, refused by es apply before anything is stored or started: an image
+    //    without the engine, and a heap larger than half the unit's memory.
+    let ctl = c.control_host().unwrap();
+    let bad = [
+        (
+            cluster_toml("runtime = \"nspawn\"\nimage = \"/var/cache/esfleet/engine\""),
+            "has no /usr/share/opensearch/bin/opensearch",
+        ),
+        (
+            cluster_toml(&format!("runtime = \"nspawn\"\nimage = \"{}\"", image.display()))
+                .replace("heap = \"384m\"", "heap = \"900m\""),
+            "heap 900m is more than half of memory 1g",
+        ),
+    ];
+    for (toml, want) in bad {
+        c.hosts()
+            .exec_ok(
+                &ctl,
+                &["sh", "-c", &format!("cat > /root/es/bad.toml <<'EOF'\n{toml}EOF")],
+            )
+            .unwrap();
+        let out = c
+            .esfleet(&["es", "apply", "/root/es/bad.toml", "--timeout", "30s"])
+            .unwrap();
+        let text = format!("{}{}", out.stdout, out.stderr);
+        assert!(!out.success() && text.contains(want), "{text}");
+        println!("refused as it should be: {}", text.trim());
+    }
+    let listed = c.esfleet_ok(&["list-unit-files", "--no-legend"]).unwrap();
+    assert!(!listed.contains("logs-"), "a refused apply submitted units: {listed}");
 
     // 1. Apply: the containers start, the cluster forms, green and zone-safe.
     let a = apply_and_check(&c, &os);
