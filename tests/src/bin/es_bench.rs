@@ -133,10 +133,11 @@ fn run(args: &Args) -> anyhow::Result<()> {
         format!("{rss:?}"),
     ));
 
-    // Host loss: the data node of zone zb whose host has no coordinator, or crash zb-2.
+    // Host loss: zone zc's data node (no host of zc runs a coordinator, so it can be
+    // rebooted); it is placed anew on zc's other host.
     let unit =
         a.at.iter()
-            .find(|(u, h)| u.contains("-d@") && zone_of(h) == "zb" && !c.coordinator_hosts().contains(h))
+            .find(|(u, h)| u.contains("-d@") && zone_of(h) == "zc" && !c.coordinator_hosts().contains(h))
             .map(|(u, h)| (u.clone(), h.clone()));
     if let Some((unit, host)) = unit {
         let node = unit.replace('@', "").replace(".service", "");
