@@ -36,6 +36,10 @@ struct Args {
     /// How the nodes run: `plain` (a service per node) or `nspawn` (a container per node).
     #[arg(long, default_value = "plain")]
     runtime: String,
+    /// An engine setting for every node (`KEY=VALUE`, repeatable), e.g. faster fault
+    /// detection: `cluster.fault_detection.follower_check.timeout=2s`.
+    #[arg(long = "setting")]
+    settings: Vec<String>,
 }
 
 const ZONES: [&str; 3] = ["za", "zb", "zc"];
@@ -69,9 +73,17 @@ fn run(args: &Args) -> anyhow::Result<()> {
         "nspawn" => format!("runtime = \"nspawn\"\nimage = \"{}\"", image().display()),
         other => bail!("--runtime {other}: use plain or nspawn"),
     };
+    let mut settings = String::new();
+    for kv in &args.settings {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--setting {kv}: write KEY=VALUE"))?;
+        settings.push_str(&format!("{k:?} = {v:?}\n"));
+    }
     let toml = format!(
         "name = \"logs\"\nflavor = \"opensearch\"\nzones = [\"za\", \"zb\", \"zc\"]\n{runtime}\n\
-         [master]\ncount = 3\nmemory = \"768m\"\nheap = \"256m\"\n[data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n"
+         [master]\ncount = 3\nmemory = \"768m\"\nheap = \"256m\"\n[data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n\
+         [settings]\n{settings}"
     );
     let _map_count = MaxMapCount::set(262_144);
     let mut spec = Spec::zones(&ZONES, 2);
@@ -255,6 +267,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     rows.push(("health during the restart".into(), tally(&statuses)));
 
     println!("## es_bench: OpenSearch 2.19, runtime {}\n", args.runtime);
+    if !args.settings.is_empty() {
+        println!("Engine settings: {}\n", args.settings.join(", "));
+    }
     println!("| Step | Measured |\n|---|---|");
     for (k, v) in rows {
         println!("| {k} | {v} |");
