@@ -98,3 +98,14 @@ pub async fn submit_then_names(ctx: &Ctx, t: &Transition) -> Result<Vec<String>,
     out(&text)?;
     Ok(parsed.names)
 }
+
+/// Every unit file with its placements and states (one ListUnitFiles).
+pub async fn list_unit_files(ctx: &Ctx) -> Result<pb::ListUnitFilesResponse, CliError> {
+    ctx.client
+        .call("ListUnitFiles", Retry::Idempotent, |ch| async move {
+            crate::client::fleet(ch)
+                .list_unit_files(pb::ListUnitFilesRequest {})
+                .await
+        })
+        .await
+}

@@ -211,14 +211,7 @@ async fn status(ctx: &Ctx, cluster: Option<&str>, timeout: Duration) -> Result<(
     if clusters.is_empty() {
         return out("No Elasticsearch clusters; define one with `esfleet es apply <cluster.toml>`\n");
     }
-    let files = ctx
-        .client
-        .call("ListUnitFiles", Retry::Idempotent, |ch| async move {
-            crate::client::fleet(ch)
-                .list_unit_files(pb::ListUnitFilesRequest {})
-                .await
-        })
-        .await?;
+    let files = common::list_unit_files(ctx).await?;
     let machines = list_machines(ctx).await?;
     let mut text = String::new();
     for (i, (record, _)) in clusters.iter().enumerate() {
@@ -364,14 +357,7 @@ pub async fn drain_prepare(
     if clusters.is_empty() {
         return Ok(Vec::new());
     }
-    let files = ctx
-        .client
-        .call("ListUnitFiles", Retry::Idempotent, |ch| async move {
-            crate::client::fleet(ch)
-                .list_unit_files(pb::ListUnitFilesRequest {})
-                .await
-        })
-        .await?;
+    let files = common::list_unit_files(ctx).await?;
     let here = |unit: &UnitName| {
         files.units.iter().any(|u| {
             u.name == unit.as_str()

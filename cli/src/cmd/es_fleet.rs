@@ -50,14 +50,7 @@ impl CliFleet<'_> {
 
 /// The cluster's units as the operations see them, from one ListUnitFiles.
 pub async fn unit_views(ctx: &Ctx, names: &[UnitName]) -> Result<Vec<UnitView>, CliError> {
-    let resp = ctx
-        .client
-        .call("ListUnitFiles", Retry::Idempotent, |ch| async move {
-            crate::client::fleet(ch)
-                .list_unit_files(pb::ListUnitFilesRequest {})
-                .await
-        })
-        .await?;
+    let resp = super::common::list_unit_files(ctx).await?;
     Ok(names
         .iter()
         .map(|n| {
