@@ -8,6 +8,7 @@
 //!    engine as the image's `opensearch` user, on a data directory of this placement.
 //! 8. (first) Bad input refused by `es apply`, nothing stored or started: an image
 //!    without the engine, a heap larger than half the unit's memory.
+//! 6. `es scale-down --data 2` refused by the replicas rule (3 copies need > 3 data nodes).
 //! 2. `es restart` of every node: each container is halted (its stub init hands the engine
 //!    SIGTERM) and started again from its machine directory; never red, documents intact.
 //!
@@ -106,6 +107,15 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
             );
         }
     }
+
+    // 6. (the refusal) Three copies of each shard need more than three data nodes to lose
+    //    one: es scale-down --data 2 is refused by the replicas rule, nothing removed.
+    let out = c
+        .esfleet(&["es", "scale-down", "logs", "--data", "2", "--timeout", "60s"])
+        .unwrap();
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(!out.success() && text.contains("replica"), "{text}");
+    assert_eq!(c.live_copies(&["logs-d@*"]).unwrap().len(), 3, "{text}");
 
     // 2. A rolling restart of every container.
     let before: Vec<u64> =
