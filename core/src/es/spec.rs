@@ -1186,9 +1186,10 @@ impl ClusterSpec {
                     return Err(SpecError::invalid(
                         format!("{r}.heap"),
                         format!(
-                            "heap {} is more than half of memory {}; Elasticsearch needs the other half for the filesystem cache and off-heap buffers: use at most \"{}\" or raise memory",
+                            "heap {} is more than half of memory {}; {} needs the other half for the filesystem cache and off-heap buffers: use at most \"{}\" or raise memory",
                             jvm_size(spec.heap_bytes),
                             jvm_size(spec.memory_bytes),
+                            self.flavor.product(),
                             jvm_size(default_heap(spec.memory_bytes)),
                         ),
                     ));
