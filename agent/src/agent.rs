@@ -99,8 +99,12 @@ pub const FACTS_EVERY: Duration = Duration::from_secs(30);
 /// in a way the scheduler cares about ([`crate::facts::worth_reporting`]): a sysctl raised
 /// after the agent started makes the host eligible for Elasticsearch nodes without an
 /// agent restart, and one lowered stops new placements there.
-async fn refresh_facts(cfg: Config, tx: watch::Sender<String>, mut stop: watch::Receiver<bool>) {
-    let mut sent = machine_record(&cfg);
+async fn refresh_facts(
+    cfg: Config,
+    mut sent: MachineRecord,
+    tx: watch::Sender<String>,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(FACTS_EVERY) => {}
@@ -156,7 +160,8 @@ fn start_inner<M: UnitManager>(
         crate::facts::ensure_max_map_count(want);
     }
     let shared = Shared::new(manager, ConfigRoot::new(cfg.config_root.clone()));
-    let record = serde_json::to_string(&machine_record(&cfg)).expect("a MachineRecord always serializes");
+    let machine = machine_record(&cfg);
+    let record = serde_json::to_string(&machine).expect("a MachineRecord always serializes");
     let timeout = cfg.timing.request_timeout;
     let new_client: Arc<dyn Fn() -> Client + Send + Sync> = {
         let endpoints = cfg.endpoints.clone();
@@ -212,7 +217,7 @@ fn start_inner<M: UnitManager>(
         backoff: Backoff::new(Duration::from_millis(200), cfg.timing.poll),
         cfg: cfg.clone(),
     };
-    tokio::spawn(refresh_facts(cfg.clone(), record_tx, worker_rx.clone()));
+    tokio::spawn(refresh_facts(cfg.clone(), machine, record_tx, worker_rx.clone()));
     let worker = tokio::spawn(worker.run(worker_rx));
 
     let server = listener.map(|listener| {

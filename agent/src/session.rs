@@ -231,6 +231,9 @@ impl<L: LeaseApi, F: Fencer> Session<L, F> {
                 tracing::info!(key = self.key, "machine record updated (its facts changed)");
             }
             Ok(Registration::Taken { .. }) => {
+                // Not retried every step: the keepalive finds a lost lease and registers anew,
+                // with the newest record.
+                self.record_dirty = false;
                 tracing::warn!(
                     key = self.key,
                     "machine record not updated: the key is not on our lease"

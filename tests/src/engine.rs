@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, Context};
 use serde_json::Value;
 
-use crate::realcluster::{wait_for, RealCluster, PATIENCE};
+use crate::realcluster::{wait_for, HostSpec, RealCluster, Spec, PATIENCE};
 
 /// The engine's install (`bin/opensearch`, `lib/`, `config/`): `ESFLEET_ENGINE`, else where
 /// `scripts/es-engine` puts it. Panics, naming the fix, when it is not there: with root
@@ -47,6 +47,38 @@ fn built(var: &str, default: &str, inside: &str, script: &str) -> PathBuf {
         path.display()
     );
     std::fs::canonicalize(&path).unwrap()
+}
+
+/// The zones of [`boot_zones`]'s hosts.
+pub const ZONES: [&str; 3] = ["za", "zb", "zc"];
+
+/// The real-engine topology: zones za, zb, zc of two hosts each (`za-1` ...) and `ctl`
+/// without a zone; coordinator members on ctl, za-1 and zb-1, so zone zc's hosts can be
+/// crashed and rebooted (a rebooted host comes back with an empty disk, which a member
+/// cannot survive). `toml` is written to `/root/es/logs.toml` in the control host.
+pub fn boot_zones(toml: &str) -> anyhow::Result<RealCluster> {
+    let mut spec = Spec::zones(&ZONES, 2);
+    spec.hosts.push(HostSpec {
+        name: "ctl".into(),
+        metadata: Vec::new(),
+    });
+    let spec = spec.coordinators_on(&["ctl", "za-1", "zb-1"]);
+    let t0 = Instant::now();
+    let c = RealCluster::boot(spec).context("booting 7 hosts")?;
+    println!("boot of 7 hosts: {:?}", t0.elapsed());
+    c.write_file(&c.control_host()?, "/root/es/logs.toml", toml)?;
+    Ok(c)
+}
+
+/// Cluster `logs` of OpenSearch over [`ZONES`]: 3 masters (one per zone) and 3 data nodes
+/// (one per home zone), small heaps. `runtime`: the `runtime = ...` line and its
+/// `exec`/`image`/`config_template` lines; `settings`: `[settings]` lines.
+pub fn cluster_toml(runtime: &str, settings: &str) -> String {
+    format!(
+        "name = \"logs\"\nflavor = \"opensearch\"\nzones = [\"za\", \"zb\", \"zc\"]\n{runtime}\n\
+         [master]\ncount = 3\nmemory = \"768m\"\nheap = \"256m\"\n\
+         [data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n[settings]\n{settings}"
+    )
 }
 
 /// A node's REST endpoint: (host, http port).
@@ -95,6 +127,35 @@ impl Engine<'_> {
             Ok((self.health(nodes) == want).then_some(()))
         })
         .unwrap();
+    }
+
+    /// Every node in the cluster: (node id, node name), from `GET /_nodes`.
+    pub fn node_ids(&self, nodes: &[Endpoint]) -> anyhow::Result<Vec<(String, String)>> {
+        let v = self.any(nodes, "GET", "/_nodes", None)?;
+        let m = v["nodes"].as_object().ok_or_else(|| anyhow!("no nodes in {v}"))?;
+        Ok(m.iter()
+            .map(|(id, n)| (id.clone(), n["name"].as_str().unwrap_or_default().to_string()))
+            .collect())
+    }
+
+    /// Waits until a node named `name` with an id other than `old_id` is in the cluster (a
+    /// node recreated on an empty data directory); returns when it was seen.
+    pub fn wait_recreated(
+        &self,
+        nodes: &[Endpoint],
+        name: &str,
+        old_id: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<()> {
+        wait_for(
+            &format!("{name} recreated and joined"),
+            timeout,
+            Duration::from_millis(250),
+            || {
+                let ids = self.node_ids(nodes)?;
+                Ok(ids.iter().any(|(id, n)| n == name && id != old_id).then_some(()))
+            },
+        )
     }
 
     /// Documents in `index` (`_count`).

@@ -623,6 +623,27 @@ impl RealCluster {
         Ok(out.stdout)
     }
 
+    /// Writes `text` to `path` in `host` (creating its directory), e.g. a `cluster.toml`
+    /// for the CLI there.
+    pub fn write_file(&self, host: &str, path: &str, text: &str) -> anyhow::Result<()> {
+        ensure!(
+            !text.lines().any(|l| l == "ESFLEET_EOF"),
+            "{path}: the text holds the here-document's end marker"
+        );
+        let dir = std::path::Path::new(path)
+            .parent()
+            .map_or_else(|| "/".to_string(), |d| d.display().to_string());
+        self.hosts.exec_ok(
+            host,
+            &[
+                "sh",
+                "-c",
+                &format!("mkdir -p '{dir}' && cat > '{path}' <<'ESFLEET_EOF'\n{text}\nESFLEET_EOF"),
+            ],
+        )?;
+        Ok(())
+    }
+
     /// Runs `etcdctl` (Debian's, from the build machine's root) against the coordinators
     /// in the control host.
     pub fn etcdctl(&self, args: &[&str]) -> anyhow::Result<Output> {

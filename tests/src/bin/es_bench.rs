@@ -26,9 +26,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Parser;
 
-use esfleet_tests::engine::{engine_home, image, sample_health, tally, wait_formed, zone_of, Engine};
+use esfleet_tests::engine::{
+    boot_zones, cluster_toml, engine_home, image, sample_health, tally, wait_formed, zone_of, Engine,
+};
 use esfleet_tests::hosts::MaxMapCount;
-use esfleet_tests::realcluster::{wait_for, HostSpec, RealCluster, Spec};
+use esfleet_tests::realcluster::wait_for;
 
 #[derive(Debug, Parser)]
 #[command(about = "Formation, host-loss, zone-loss and restart times of a real OpenSearch cluster run by esfleet")]
@@ -41,8 +43,6 @@ struct Args {
     #[arg(long = "setting")]
     settings: Vec<String>,
 }
-
-const ZONES: [&str; 3] = ["za", "zb", "zc"];
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -80,35 +80,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
             .with_context(|| format!("--setting {kv}: write KEY=VALUE"))?;
         settings.push_str(&format!("{k:?} = {v:?}\n"));
     }
-    let toml = format!(
-        "name = \"logs\"\nflavor = \"opensearch\"\nzones = [\"za\", \"zb\", \"zc\"]\n{runtime}\n\
-         [master]\ncount = 3\nmemory = \"768m\"\nheap = \"256m\"\n[data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n\
-         [settings]\n{settings}"
-    );
     let _map_count = MaxMapCount::set(262_144);
-    let mut spec = Spec::zones(&ZONES, 2);
-    spec.hosts.push(HostSpec {
-        name: "ctl".into(),
-        metadata: Vec::new(),
-    });
-    // No coordinator in zone zc, whose hosts are crashed and rebooted below.
-    let spec = spec.coordinators_on(&["ctl", "za-1", "zb-1"]);
     let t = Instant::now();
-    let c = RealCluster::boot(spec).context("booting 7 hosts")?;
+    let c = boot_zones(&cluster_toml(&runtime, &settings))?;
     let boot = t.elapsed();
     let os = Engine {
         c: &c,
         from: "ctl".into(),
     };
     let ctl = c.control_host()?;
-    c.hosts().exec_ok(
-        &ctl,
-        &[
-            "sh",
-            "-c",
-            &format!("mkdir -p /root/es && cat > /root/es/logs.toml <<'EOF'\n{toml}EOF"),
-        ],
-    )?;
     let mut rows: Vec<(String, String)> = vec![("boot of 7 hosts".into(), secs(boot))];
 
     // Formation.
@@ -154,14 +134,10 @@ fn run(args: &Args) -> anyhow::Result<()> {
     if let Some((unit, host)) = unit {
         let node = unit.replace('@', "").replace(".service", "");
         let old_id = os
-            .any(&a.everyone, "GET", "/_nodes", None)?
-            .get("nodes")
-            .and_then(|n| n.as_object())
-            .and_then(|m| {
-                m.iter()
-                    .find(|(_, v)| v["name"] == node.as_str())
-                    .map(|(id, _)| id.clone())
-            })
+            .node_ids(&a.everyone)?
+            .into_iter()
+            .find(|(_, n)| *n == node)
+            .map(|(id, _)| id)
             .context("the node's id")?;
         let machine = c.machine_id(&host).to_string();
         let survivors: Vec<_> = a.everyone.iter().filter(|(h, _)| *h != host).cloned().collect();
@@ -174,18 +150,8 @@ fn run(args: &Args) -> anyhow::Result<()> {
                 Duration::from_millis(100),
                 || Ok((!c.list_machines()?.iter().any(|m| m.id == machine)).then(|| t0.elapsed())),
             )?;
-            let joined = wait_for(
-                "the replacement to join",
-                Duration::from_secs(240),
-                Duration::from_millis(250),
-                || {
-                    let v = os.any(&survivors, "GET", "/_nodes", None)?;
-                    let back = v["nodes"]
-                        .as_object()
-                        .is_some_and(|m| m.iter().any(|(id, n)| n["name"] == node.as_str() && *id != old_id));
-                    Ok(back.then(|| t0.elapsed()))
-                },
-            )?;
+            os.wait_recreated(&survivors, &node, &old_id, Duration::from_secs(240))?;
+            let joined = t0.elapsed();
             os.wait_status(
                 &survivors,
                 "green",

@@ -137,15 +137,7 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     };
     let toml = cluster_toml(&es.model);
     // The CLI runs in the control host.
-    c.hosts()
-        .exec_ok(
-            &c.control_host().unwrap(),
-            &[
-                "sh",
-                "-c",
-                &format!("mkdir -p /root/es && cat > /root/es/logs.toml <<'EOF'\n{toml}EOF"),
-            ],
-        )
+    c.write_file(&c.control_host().unwrap(), "/root/es/logs.toml", &toml)
         .unwrap();
 
     // 0. Bootstrap checks: every host fails vm.max_map_count, so nothing is placed.

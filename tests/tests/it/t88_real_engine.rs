@@ -27,59 +27,14 @@
 
 use std::time::{Duration, Instant};
 
-use esfleet_tests::engine::{check_zone_safety, engine_home, sample_health, tally, wait_formed, zone_of, Engine};
+use esfleet_tests::engine::{
+    boot_zones, check_zone_safety, cluster_toml, engine_home, sample_health, tally, wait_formed, zone_of, Engine, ZONES,
+};
 use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
-use esfleet_tests::realcluster::{HostSpec, RealCluster, Spec, PATIENCE};
-
-pub(crate) const ZONES: [&str; 3] = ["za", "zb", "zc"];
+use esfleet_tests::realcluster::{RealCluster, PATIENCE};
 /// The zone this test loses: no coordinator lives there, so its hosts can be rebooted.
 const LOST: &str = "zc";
 const DOCS: usize = 200;
-
-/// Three masters (one per zone) and three data nodes (one per home zone) of OpenSearch,
-/// small heaps; `runtime` lines (`runtime = ...`, `exec`/`image`, `config_template`).
-pub(crate) fn cluster_toml(runtime: &str) -> String {
-    format!(
-        r#"name = "logs"
-flavor = "opensearch"
-zones = ["za", "zb", "zc"]
-{runtime}
-[master]
-count = 3
-memory = "768m"
-heap = "256m"
-[data]
-count = 3
-memory = "1g"
-heap = "384m"
-"#
-    )
-}
-
-/// Seven hosts: zones za, zb, zc of two hosts each and `ctl` without a zone; coordinator
-/// members on ctl, za-1 and zb-1 (none in the zone t88 loses), `logs.toml` in ctl.
-pub(crate) fn boot(toml: &str) -> RealCluster {
-    let mut spec = Spec::zones(&ZONES, 2);
-    spec.hosts.push(HostSpec {
-        name: "ctl".into(),
-        metadata: Vec::new(),
-    });
-    let spec = spec.coordinators_on(&["ctl", "za-1", "zb-1"]);
-    let t0 = Instant::now();
-    let c = RealCluster::boot(spec).expect("boot 7 hosts");
-    println!("boot of 7 hosts: {:?}", t0.elapsed());
-    c.hosts()
-        .exec_ok(
-            &c.control_host().unwrap(),
-            &[
-                "sh",
-                "-c",
-                &format!("mkdir -p /root/es && cat > /root/es/logs.toml <<'EOF'\n{toml}EOF"),
-            ],
-        )
-        .unwrap();
-    c
-}
 
 pub(crate) fn esfleet(c: &RealCluster, args: &[&str]) -> (bool, String) {
     let out = c.esfleet(args).unwrap();
@@ -119,9 +74,11 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
     let engine = engine_home();
     let _map_count = MaxMapCount::set(262_144);
     let e = engine.display();
-    let c = boot(&cluster_toml(&format!(
-        "runtime = \"plain\"\nexec = \"{e}/bin/opensearch\"\nconfig_template = \"{e}/config\""
-    )));
+    let c = boot_zones(&cluster_toml(
+        &format!("runtime = \"plain\"\nexec = \"{e}/bin/opensearch\"\nconfig_template = \"{e}/config\""),
+        "",
+    ))
+    .unwrap();
     let os = Engine {
         c: &c,
         from: "ctl".into(),
@@ -269,17 +226,9 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
         .expect("an elected master")
         .to_string();
     let host = a.host_of_node(&elected).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<(String, String)> {
-        v["nodes"]
-            .as_object()
-            .map(|m| {
-                m.iter()
-                    .map(|(id, n)| (id.clone(), n["name"].as_str().unwrap_or_default().to_string()))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    let old_id = ids(&os.any(&a.everyone, "GET", "/_nodes", None).unwrap())
+    let old_id = os
+        .node_ids(&a.everyone)
+        .unwrap()
         .into_iter()
         .find(|(_, n)| *n == elected)
         .map(|(id, _)| id)
@@ -288,7 +237,8 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
     let t = Instant::now();
     let ((), statuses) = sample_health(&os, &survivors, Duration::from_millis(500), || {
         c.crash(&host).unwrap();
-        wait_for_replacement(&os, &survivors, &elected, &old_id, &ids);
+        os.wait_recreated(&survivors, &elected, &old_id, Duration::from_secs(240))
+            .unwrap();
         os.wait_status(
             &survivors,
             "green",
@@ -341,24 +291,4 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
         assert!(!seeds.contains(&format!("{}:9301", c.ip(&host))), "{unit}: {seeds}");
     }
     c.teardown().unwrap();
-}
-
-/// Waits until a node named `name` with an id other than `old_id` is in the cluster.
-fn wait_for_replacement(
-    os: &Engine<'_>,
-    nodes: &[esfleet_tests::engine::Endpoint],
-    name: &str,
-    old_id: &str,
-    ids: &dyn Fn(&serde_json::Value) -> Vec<(String, String)>,
-) {
-    esfleet_tests::realcluster::wait_for(
-        "the lost master recreated and joined",
-        Duration::from_secs(240),
-        Duration::from_millis(500),
-        || {
-            let v = os.any(nodes, "GET", "/_nodes", None)?;
-            Ok(ids(&v).iter().any(|(id, n)| n == name && id != old_id).then_some(()))
-        },
-    )
-    .unwrap();
 }

@@ -17,10 +17,10 @@
 
 use std::time::{Duration, Instant};
 
-use esfleet_tests::engine::{image, sample_health, tally, Engine};
+use esfleet_tests::engine::{boot_zones, cluster_toml, image, sample_health, tally, Engine};
 use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
 
-use super::t88_real_engine::{apply_and_check, boot, cluster_toml};
+use super::t88_real_engine::apply_and_check;
 
 #[test]
 fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
@@ -29,10 +29,8 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
     }
     let image = image();
     let _map_count = MaxMapCount::set(262_144);
-    let c = boot(&cluster_toml(&format!(
-        "runtime = \"nspawn\"\nimage = \"{}\"",
-        image.display()
-    )));
+    let nspawn = format!("runtime = \"nspawn\"\nimage = \"{}\"", image.display());
+    let c = boot_zones(&cluster_toml(&nspawn, "")).unwrap();
     let os = Engine {
         c: &c,
         from: "ctl".into(),
@@ -43,22 +41,16 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
     let ctl = c.control_host().unwrap();
     let bad = [
         (
-            cluster_toml("runtime = \"nspawn\"\nimage = \"/var/cache/esfleet/engine\""),
+            cluster_toml("runtime = \"nspawn\"\nimage = \"/var/cache/esfleet/engine\"", ""),
             "has no /usr/share/opensearch/bin/opensearch",
         ),
         (
-            cluster_toml(&format!("runtime = \"nspawn\"\nimage = \"{}\"", image.display()))
-                .replace("heap = \"384m\"", "heap = \"900m\""),
+            cluster_toml(&nspawn, "").replace("heap = \"384m\"", "heap = \"900m\""),
             "heap 900m is more than half of memory 1g",
         ),
     ];
     for (toml, want) in bad {
-        c.hosts()
-            .exec_ok(
-                &ctl,
-                &["sh", "-c", &format!("cat > /root/es/bad.toml <<'EOF'\n{toml}EOF")],
-            )
-            .unwrap();
+        c.write_file(&ctl, "/root/es/bad.toml", &toml).unwrap();
         let out = c
             .esfleet(&["es", "apply", "/root/es/bad.toml", "--timeout", "30s"])
             .unwrap();
