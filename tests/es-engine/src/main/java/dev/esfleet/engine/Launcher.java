@@ -27,9 +27,11 @@ import org.opensearch.transport.Netty4Plugin;
  *   <li>SIGTERM closes the node cleanly and the process exits 143.
  * </ul>
  *
- * <p>What the distribution adds and this does not: the bootstrap checks (esfleet's scheduler
- * checks the hosts' sysctls itself), the security manager, the keystore, and modules beyond
- * the Netty transport (no painless scripts, no ingest pipelines, no analysis-common).
+ * <p>Installed plugins ({@code plugins/}, where scripts/es-engine puts the security plugin)
+ * load as in the distribution. What the distribution adds and this does not: the bootstrap
+ * checks (esfleet's scheduler checks the hosts' sysctls itself), the Java security manager,
+ * the keystore, and modules beyond the Netty transport (no painless scripts, no ingest
+ * pipelines, no analysis-common).
  */
 public final class Launcher {
 
@@ -58,13 +60,15 @@ public final class Launcher {
         // Reads opensearch.yml from configDir and applies the -E overrides on top.
         Environment env = InternalSettingsPreparer.prepareEnvironment(
             overrides.build(), Collections.emptyMap(), configDir, () -> System.getenv("HOSTNAME"));
+        // The node name first: the log pattern's %node_name converter reads it when the
+        // configuration is built (set later, every line would say "[%node_name]").
+        String nodeName = Node.NODE_NAME_SETTING.get(env.settings());
+        LogConfigurator.setNodeName(nodeName);
         if (Files.isRegularFile(configDir.resolve("log4j2.properties"))) {
             LogConfigurator.configure(env);
         } else {
             LogConfigurator.configureWithoutConfig(env.settings());
         }
-        String nodeName = Node.NODE_NAME_SETTING.get(env.settings());
-        LogConfigurator.setNodeName(nodeName);
 
         // The Netty transport is a module in the distribution; here it is on the classpath.
         List<Class<? extends Plugin>> classpathPlugins = List.of(Netty4Plugin.class);
