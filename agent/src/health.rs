@@ -2,8 +2,11 @@
 //! scheduled here and reports the result as `healthy` in the unit's state record. Drains
 //! (and later rolling operations) wait for a replacement to be healthy, not only active.
 //!
-//! A check is an `http://` URL that must answer 2xx, or a command (`/bin/sh -c`) that must
-//! exit 0, each within a time limit. The command runs with the unit's placement facts in
+//! A check is an `http://` or `https://` URL that must answer 2xx, or a command
+//! (`/bin/sh -c`) that must exit 0, each within a time limit. An `https://` check trusts
+//! only the unit's `HealthCheckCA=` file and may authenticate with the `user:password` in
+//! its `HealthCheckCredentials=` file, which must be root's and mode 0600 (both are read
+//! at every check, so a rotated certificate or password is picked up). The command runs with the unit's placement facts in
 //! its environment (`ESFLEET_*`), as the unit itself does. The check is read from the
 //! scheduled unit file (the same parser the coordinator validated it with), so the
 //! schedule entry needs no field of its own.
@@ -12,11 +15,13 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use std::path::Path;
+
+use esfleet_core::http;
 use esfleet_core::model::ScheduleEntry;
 use esfleet_core::options::HealthCheck;
 use esfleet_core::unit::validate_unit;
 use esfleet_core::UnitName;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{watch, Notify};
 
 /// The latest result per unit, and a notice when one changes.
@@ -45,16 +50,39 @@ impl Health {
     }
 }
 
+/// A unit's check: what to run, and for `https://`, whom to trust and the credentials file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    pub check: HealthCheck,
+    pub ca_file: Option<String>,
+    pub credentials_file: Option<String>,
+}
+
+impl From<HealthCheck> for Check {
+    fn from(check: HealthCheck) -> Check {
+        Check {
+            check,
+            ca_file: None,
+            credentials_file: None,
+        }
+    }
+}
+
 /// The check a scheduled unit asks for, if any.
-pub fn check_of(entry: &ScheduleEntry) -> Option<HealthCheck> {
-    validate_unit(&entry.unit, &entry.text).ok()?.options.health_check
+pub fn check_of(entry: &ScheduleEntry) -> Option<Check> {
+    let o = validate_unit(&entry.unit, &entry.text).ok()?.options;
+    Some(Check {
+        check: o.health_check?,
+        ca_file: o.health_check_ca,
+        credentials_file: o.health_check_credentials,
+    })
 }
 
 /// Runs one check. `Err` says why it failed, for the log.
-pub async fn run_check(check: &HealthCheck, env: &BTreeMap<String, String>, limit: Duration) -> Result<(), String> {
+pub async fn run_check(check: &Check, env: &BTreeMap<String, String>, limit: Duration) -> Result<(), String> {
     let attempt = async {
-        match check {
-            HealthCheck::Http(url) => http_get(url).await,
+        match &check.check {
+            HealthCheck::Http(url) => http_get(url, check).await,
             HealthCheck::Command(cmd) => {
                 let status = tokio::process::Command::new("/bin/sh")
                     .arg("-c")
@@ -80,45 +108,28 @@ pub async fn run_check(check: &HealthCheck, env: &BTreeMap<String, String>, limi
         .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }
 
-/// A minimal HTTP/1.0 GET: enough to read a status line, with no client library.
-async fn http_get(url: &str) -> Result<(), String> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        return Err(format!(
-            "{url}: only http:// checks are supported; use a command (e.g. curl -fsk) for https"
-        ));
+/// A GET of `url` that must answer 2xx (esfleet_core's client: http, or https with the
+/// check's CA and credentials).
+async fn http_get(url: &str, check: &Check) -> Result<(), String> {
+    let (https, endpoint, path) = http::split_url(url)?;
+    let transport = match (https, &check.ca_file) {
+        (false, _) => http::Transport::plain(),
+        (true, None) => return Err(format!("{url}: an https:// check needs HealthCheckCA=")),
+        (true, Some(ca)) => http::Transport::new(
+            Some(Path::new(ca)),
+            check.credentials_file.as_deref().map(Path::new),
+            http::Owner::Root,
+        )
+        .map_err(|e| format!("{url}: {e}"))?,
     };
-    let (authority, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, "/"),
-    };
-    let addr = if authority.contains(':') {
-        authority.to_string()
+    let (status, _) = transport
+        .send(&endpoint, http::Method::Get, &path, None)
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    if (200..300).contains(&status) {
+        Ok(())
     } else {
-        format!("{authority}:80")
-    };
-    let mut conn = tokio::net::TcpStream::connect(&addr)
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let req =
-        format!("GET {path} HTTP/1.0\r\nHost: {authority}\r\nUser-Agent: esfleet-agent\r\nConnection: close\r\n\r\n");
-    conn.write_all(req.as_bytes())
-        .await
-        .map_err(|e| format!("{url}: {e}"))?;
-    let mut head = [0u8; 64];
-    let mut n = 0;
-    while n < 12 {
-        match conn.read(&mut head[n..]).await {
-            Ok(0) => break,
-            Ok(k) => n += k,
-            Err(e) => return Err(format!("{url}: {e}")),
-        }
-    }
-    let line = String::from_utf8_lossy(&head[..n]);
-    let code = line.split_whitespace().nth(1).and_then(|c| c.parse::<u16>().ok());
-    match code {
-        Some(c) if (200..300).contains(&c) => Ok(()),
-        Some(c) => Err(format!("{url} answered {c}")),
-        None => Err(format!("{url}: not an HTTP answer")),
+        Err(format!("{url} answered {status}"))
     }
 }
 
@@ -131,7 +142,7 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let limit = every.min(Duration::from_secs(10));
-    let mut checks: BTreeMap<(UnitName, String), Option<HealthCheck>> = BTreeMap::new();
+    let mut checks: BTreeMap<(UnitName, String), Option<Check>> = BTreeMap::new();
     loop {
         let entries = scheduled();
         // Parse each unit file once per version.
@@ -167,6 +178,7 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     #[tokio::test]
     async fn http_and_command_checks() {
@@ -182,21 +194,21 @@ mod tests {
         });
         let env = BTreeMap::new();
         let limit = Duration::from_secs(5);
-        let url = HealthCheck::Http(format!("http://{addr}/_cluster/health"));
+        let url: Check = HealthCheck::Http(format!("http://{addr}/_cluster/health")).into();
         assert_eq!(run_check(&url, &env, limit).await, Ok(()));
         assert!(run_check(&url, &env, limit).await.unwrap_err().contains("503"));
-        let https = HealthCheck::Http("https://x/".into());
+        let https: Check = HealthCheck::Http("https://x/".into()).into();
         assert!(run_check(&https, &env, limit)
             .await
             .unwrap_err()
-            .contains("only http://"));
+            .contains("needs HealthCheckCA="));
 
         let env: BTreeMap<String, String> = [("ESFLEET_ZONE".to_string(), "a".to_string())].into();
-        let ok = HealthCheck::Command("test \"$ESFLEET_ZONE\" = a".into());
+        let ok: Check = HealthCheck::Command("test \"$ESFLEET_ZONE\" = a".into()).into();
         assert_eq!(run_check(&ok, &env, limit).await, Ok(()));
-        let bad = HealthCheck::Command("exit 3".into());
+        let bad: Check = HealthCheck::Command("exit 3".into()).into();
         assert!(run_check(&bad, &env, limit).await.unwrap_err().contains("exit"));
-        let slow = HealthCheck::Command("sleep 5".into());
+        let slow: Check = HealthCheck::Command("sleep 5".into()).into();
         assert!(run_check(&slow, &env, Duration::from_millis(100))
             .await
             .unwrap_err()

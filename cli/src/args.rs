@@ -65,6 +65,14 @@ pub struct Global {
     /// How long one request to one member may take before the next member is asked.
     #[arg(long, global = true, env = "ESFLEET_REQUEST_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub request_timeout: Duration,
+    /// The CA file to trust when asking an Elasticsearch cluster's nodes over https,
+    /// instead of the cluster's `[http] ca_file` (a path on the hosts).
+    #[arg(long, global = true, env = "ESFLEET_ES_CA_FILE", value_name = "FILE")]
+    pub es_ca_file: Option<std::path::PathBuf>,
+    /// The file with `user:password` (yours, mode 0600) for Elasticsearch, instead of the
+    /// cluster's `[http] credentials_file`.
+    #[arg(long, global = true, env = "ESFLEET_ES_CREDENTIALS_FILE", value_name = "FILE")]
+    pub es_credentials_file: Option<std::path::PathBuf>,
 }
 
 /// Output format of the list commands.

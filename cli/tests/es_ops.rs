@@ -583,7 +583,11 @@ const WAITS: Waits = Waits {
 async fn setup(masters: u32, data: u32, replicas: u32) -> (Shared, FakeFleet, EsHttp, Target) {
     let (world, record) = world(masters, data, replicas);
     let addr = serve(world.clone()).await;
-    let http = EsHttp::new(vec![addr], Duration::from_secs(5));
+    let http = EsHttp::new(
+        vec![addr],
+        Duration::from_secs(5),
+        esfleet_core::http::Transport::plain(),
+    );
     let fleet = FakeFleet::new(world.clone());
     (world, fleet, http, Target { record, revision: 7 })
 }

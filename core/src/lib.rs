@@ -19,4 +19,6 @@ pub mod schedule;
 pub use name::UnitName;
 pub mod diff;
 pub mod es;
+#[cfg(feature = "http")]
+pub mod http;
 pub mod unit;

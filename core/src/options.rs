@@ -91,6 +91,14 @@ pub struct XFleet {
     #[serde(default)]
     pub elasticsearch: Option<String>,
     pub health_check: Option<HealthCheck>,
+    /// `HealthCheckCA=`: the PEM file of CA certificates an `https://` check trusts (and
+    /// the only ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_ca: Option<String>,
+    /// `HealthCheckCredentials=`: a root-owned, mode-0600 file with `user:password` that an
+    /// `https://` check sends as HTTP basic authentication.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_check_credentials: Option<String>,
     /// `MaxUnavailable=`, default 1.
     pub max_unavailable: u32,
     pub fence: Fence,

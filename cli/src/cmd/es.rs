@@ -18,6 +18,8 @@ use crate::es::http::EsHttp;
 use crate::es::ops::{self, OpsError, Target, Waits};
 use crate::es::status::{render_status, EsView, NodeRow};
 use crate::wait::Goal;
+use esfleet_core::http::{Owner, Transport};
+use std::path::PathBuf;
 
 /// How often the operations look at Elasticsearch while waiting.
 const POLL: Duration = Duration::from_secs(1);
@@ -196,7 +198,31 @@ async fn es_client(ctx: &Ctx, record: &ClusterRecord, timeout: Duration) -> Resu
     let units: Vec<UnitName> = nodes.iter().map(|n| n.unit.clone()).collect();
     let views = unit_views(ctx, &units).await?;
     let pairs: Vec<(Role, ops::UnitView)> = nodes.iter().map(|n| n.role).zip(views).collect();
-    Ok(EsHttp::new(es_endpoints(record, &pairs), timeout))
+    Ok(EsHttp::new(
+        es_endpoints(record, &pairs),
+        timeout,
+        es_transport(ctx, record)?,
+    ))
+}
+
+/// http, or https with the CA and credentials the flags or the cluster's `[http]` name.
+/// The credentials file must be the caller's own and mode 0600.
+fn es_transport(ctx: &Ctx, record: &ClusterRecord) -> Result<Transport, CliError> {
+    let http = &record.spec.http;
+    let ca = ctx
+        .es_ca_file
+        .clone()
+        .or_else(|| http.ca_file.as_ref().map(PathBuf::from));
+    let credentials = ctx
+        .es_credentials_file
+        .clone()
+        .or_else(|| http.credentials_file.as_ref().map(PathBuf::from));
+    Transport::new(ca.as_deref(), credentials.as_deref(), Owner::CurrentUser).map_err(|e| {
+        CliError::Failed(format!(
+            "cannot reach Elasticsearch cluster {}: {e} (--es-ca-file and --es-credentials-file override the cluster's [http] paths)",
+            record.spec.name
+        ))
+    })
 }
 
 async fn status(ctx: &Ctx, cluster: Option<&str>, timeout: Duration) -> Result<(), CliError> {

@@ -36,6 +36,9 @@ pub struct Ctx {
     pub tty: bool,
     /// Colour allowed: a terminal and no NO_COLOR.
     pub color: bool,
+    /// `--es-ca-file`, `--es-credentials-file`: override a cluster's `[http]` paths.
+    pub es_ca_file: Option<std::path::PathBuf>,
+    pub es_credentials_file: Option<std::path::PathBuf>,
 }
 
 impl Ctx {
@@ -72,6 +75,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         client,
         tty,
         color: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        es_ca_file: cli.global.es_ca_file.clone(),
+        es_credentials_file: cli.global.es_credentials_file.clone(),
     };
     match cli.command {
         Command::Submit { units, replace } => submit::run(&ctx, &units, replace).await,

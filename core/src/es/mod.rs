@@ -24,8 +24,8 @@ use crate::name::UnitName;
 pub use checks::{bootstrap_check, data_removal_check, master_removal_check, MIN_MAX_MAP_COUNT, MIN_THREADS_MAX};
 pub use render::{data_dir, render_files, MasterAddr, ELASTICSEARCH_YML, UNICAST_HOSTS_TXT};
 pub use spec::{
-    default_heap, jvm_size, parse_es_size, parse_spec, unit_size, ClusterSpec, Flavor, Location, RoleSpec, Runtime,
-    SpecError, MAX_HEAP_BYTES, MAX_NODE_NAME,
+    default_heap, jvm_size, parse_es_size, parse_spec, unit_size, ClusterSpec, Flavor, HttpSpec, Location, RoleSpec,
+    Runtime, SpecError, MAX_HEAP_BYTES, MAX_NODE_NAME,
 };
 pub use units::templates;
 

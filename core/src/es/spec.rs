@@ -240,6 +240,37 @@ pub struct ClusterSpec {
     /// scalars or arrays of scalars.
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
+    /// Files and directories of `config_template` copied into each node's configuration
+    /// directory besides `jvm.options`, `jvm.options.d` and `log4j2.properties`: TLS
+    /// certificates, the security plugin's configuration (plain runtime; an nspawn image
+    /// carries its own).
+    #[serde(default)]
+    pub config_files: Vec<String>,
+    /// How esfleet (CLI and health checks) reaches the nodes' REST API.
+    #[serde(default)]
+    pub http: HttpSpec,
+}
+
+/// `[http]` of `cluster.toml`. With a CA file the nodes are asked over `https://`; with a
+/// credentials file (`user:password`, mode 0600) esfleet authenticates. Both are paths on
+/// the hosts (the agents' health checks) and, unless the CLI's flags say otherwise, on the
+/// machine running `esfleet`: the coordinator stores the paths, never the secret.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HttpSpec {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_file: Option<String>,
+}
+
+impl HttpSpec {
+    pub fn scheme(&self) -> &'static str {
+        if self.ca_file.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// Where in `cluster.toml` an error is, 1-based.
@@ -317,7 +348,7 @@ impl SpecError {
     }
 }
 
-const TOP_KEYS: [&str; 15] = [
+const TOP_KEYS: [&str; 17] = [
     "name",
     "zones",
     "flavor",
@@ -333,6 +364,19 @@ const TOP_KEYS: [&str; 15] = [
     "data",
     "coordinating",
     "settings",
+    "config_files",
+    "http",
+];
+const HTTP_KEYS: [&str; 2] = ["ca_file", "credentials_file"];
+/// Names a node's configuration directory holds for esfleet; `config_files` cannot
+/// replace them.
+const RESERVED_CONFIG_FILES: [&str; 6] = [
+    "elasticsearch.yml",
+    "opensearch.yml",
+    "unicast_hosts.txt",
+    "jvm.options",
+    "jvm.options.d",
+    "log4j2.properties",
 ];
 const ROLE_KEYS: [&str; 6] = ["count", "memory", "heap", "cpu", "http_port", "transport_port"];
 
@@ -499,6 +543,8 @@ impl Reader<'_> {
             data: RoleSpec::default_for(Role::Data),
             coordinating: RoleSpec::default_for(Role::Coordinating),
             settings: BTreeMap::new(),
+            config_files: Vec::new(),
+            http: HttpSpec::default(),
         };
         if let Some(v) = doc.get("zones") {
             spec.zones = self.string_array("zones", v)?;
@@ -520,7 +566,11 @@ impl Reader<'_> {
         }
         // Fields that only one runtime reads are refused under the other: a setting that
         // silently does nothing misleads whoever reads the file next.
-        for (key, only) in [("exec", Runtime::Plain), ("image", Runtime::Nspawn)] {
+        for (key, only) in [
+            ("exec", Runtime::Plain),
+            ("config_files", Runtime::Plain),
+            ("image", Runtime::Nspawn),
+        ] {
             if let Some(v) = doc.get(key) {
                 if spec.runtime != only {
                     return Err(self.err_at(
@@ -585,6 +635,21 @@ impl Reader<'_> {
             let mut out = BTreeMap::new();
             self.settings("", table, &mut out)?;
             spec.settings = out;
+        }
+        if let Some(v) = doc.get("config_files") {
+            spec.config_files = self.string_array("config_files", v)?;
+        }
+        if let Some(v) = doc.get("http") {
+            let table = self.table("http", v)?;
+            self.check_keys(table, "http", &HTTP_KEYS, "[http]")?;
+            for (key, field) in [
+                ("ca_file", &mut spec.http.ca_file),
+                ("credentials_file", &mut spec.http.credentials_file),
+            ] {
+                if let Some(v) = table.get(key) {
+                    *field = Some(self.string(&format!("http.{key}"), v)?);
+                }
+            }
         }
         Ok(spec)
     }
@@ -949,6 +1014,8 @@ fn default_path(key: &str) -> &'static str {
         "exec" => DEFAULT_EXEC,
         "config_template" => DEFAULT_CONFIG_TEMPLATE,
         "image" => DEFAULT_IMAGE,
+        "http.ca_file" => "/etc/elasticsearch/certs/http-ca.pem",
+        "http.credentials_file" => "/etc/esfleet/es/logs.credentials",
         _ => DEFAULT_DATA_ROOT,
     }
 }
@@ -1065,6 +1132,7 @@ impl ClusterSpec {
             }
         }
         self.validate_roles()?;
+        self.validate_http()?;
         for (k, v) in &self.settings {
             let key = format!("settings.{k}");
             if k.is_empty()
@@ -1098,6 +1166,44 @@ impl ClusterSpec {
                 return Err(SpecError::invalid(
                     key,
                     format!("setting {k:?} must be a string, number, boolean or an array of those"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_http(&self) -> Result<(), SpecError> {
+        for (i, f) in self.config_files.iter().enumerate() {
+            let key = format!("config_files.{i}");
+            let plain = !f.is_empty()
+                && !f.starts_with('.')
+                && f.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if !plain {
+                return Err(SpecError::invalid(
+                    key,
+                    format!("config_files entry {f:?} is not a plain name in config_template (letters, digits, ._-, not starting with a dot; no paths)"),
+                ));
+            }
+            if RESERVED_CONFIG_FILES.contains(&f.as_str()) {
+                return Err(SpecError::invalid(
+                    key,
+                    format!("{f} is written or copied by esfleet already; remove it from config_files"),
+                ));
+            }
+            if self.config_files[..i].contains(f) {
+                return Err(SpecError::invalid(key, format!("{f} is listed twice in config_files")));
+            }
+        }
+        if let Some(f) = &self.http.ca_file {
+            check_path("http.ca_file", f)?;
+        }
+        if let Some(f) = &self.http.credentials_file {
+            check_path("http.credentials_file", f)?;
+            if self.http.ca_file.is_none() {
+                return Err(SpecError::invalid(
+                    "http.credentials_file",
+                    "credentials are sent only over https: set http.ca_file to the CA that signed the nodes' HTTP certificates",
                 ));
             }
         }

@@ -151,6 +151,8 @@ fn minimal_file_gets_every_default() {
                 transport_port: 9302
             },
             settings: BTreeMap::new(),
+            config_files: vec![],
+            http: HttpSpec::default(),
         }
     );
 }
@@ -996,10 +998,16 @@ fn check_templates(spec: &ClusterSpec) {
         assert_eq!(
             x.health_check,
             Some(HealthCheck::Http(format!(
-                "http://127.0.0.1:{}/_cluster/health?{query}",
+                "{}://127.0.0.1:{}/_cluster/health?{query}",
+                spec.http.scheme(),
                 r.http_port
             )))
         );
+        assert_eq!(x.health_check_ca, spec.http.ca_file);
+        assert_eq!(x.health_check_credentials, spec.http.credentials_file);
+        for f in &spec.config_files {
+            assert!(text.contains(&format!(" {f}")), "{f} copied in {text}");
+        }
         assert_eq!(x.resources.memory_bytes, r.memory_bytes);
         assert_eq!(x.resources.cpu_millis, r.cpu_millis);
         if spec.zones.is_empty() {
@@ -1108,6 +1116,79 @@ fn templates_validate_for_both_runtimes() {
     check_templates(&spec);
     let master = &templates(&spec)[0].1;
     assert!(master.contains("--setenv=K=${K} \\\n"), "{master}");
+}
+
+#[test]
+fn https_clusters_check_health_over_tls_with_their_ca_and_credentials() {
+    let text = with_top(
+        "config_files = [\"certs\", \"opensearch-security\"]\n\
+         [http]\nca_file = \"/etc/opensearch/certs/ca.pem\"\ncredentials_file = \"/etc/esfleet/logs.credentials\"",
+    );
+    let spec = parse_spec(&text).unwrap();
+    assert_eq!(spec.http.scheme(), "https");
+    assert_eq!(spec.config_files, ["certs", "opensearch-security"]);
+    check_templates(&spec);
+    let master = &templates(&spec)[0].1;
+    assert!(
+        master.contains("for f in jvm.options jvm.options.d log4j2.properties certs opensearch-security; do"),
+        "{master}"
+    );
+    assert!(
+        master.contains("\nHealthCheckCA=/etc/opensearch/certs/ca.pem\n"),
+        "{master}"
+    );
+    // The record stores the paths, nothing else.
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(
+        json["http"],
+        serde_json::json!({"ca_file": "/etc/opensearch/certs/ca.pem", "credentials_file": "/etc/esfleet/logs.credentials"})
+    );
+    // Records from before [http] existed read as plain http.
+    let mut old = json.clone();
+    old.as_object_mut().unwrap().remove("http");
+    old.as_object_mut().unwrap().remove("config_files");
+    let old: ClusterSpec = serde_json::from_value(old).unwrap();
+    assert_eq!((old.http.scheme(), old.config_files.len()), ("http", 0));
+}
+
+#[test]
+fn bad_http_and_config_files_are_refused() {
+    let cases = [
+        (
+            "[http]\ncredentials_file = \"/etc/esfleet/c\"",
+            "credentials are sent only over https: set http.ca_file to the CA that signed the nodes' HTTP certificates",
+        ),
+        (
+            "[http]\nca_file = \"certs/ca.pem\"",
+            "http.ca_file = \"certs/ca.pem\" is not an absolute path",
+        ),
+        ("[http]\ncafile = \"/x\"", "did you mean \"ca_file\"?"),
+        (
+            "config_files = [\"../secrets\"]",
+            "config_files entry \"../secrets\" is not a plain name in config_template",
+        ),
+        (
+            "config_files = [\"a b\"]",
+            "config_files entry \"a b\" is not a plain name",
+        ),
+        (
+            "config_files = [\"jvm.options\"]",
+            "jvm.options is written or copied by esfleet already",
+        ),
+        ("config_files = [\"x\", \"x\"]", "x is listed twice in config_files"),
+        (
+            "runtime = \"nspawn\"\nconfig_files = [\"certs\"]",
+            "config_files is only used with runtime = \"plain\"",
+        ),
+    ];
+    for (lines, message) in cases {
+        let text = match lines.strip_prefix("[http]") {
+            Some(rest) => format!("{MINIMAL}[http]{rest}\n"),
+            None => with_top(lines),
+        };
+        let e = parse_err(&text);
+        assert!(e.to_string().contains(message), "for {lines}: {e}");
+    }
 }
 
 /// OpenSearch clusters get OpenSearch's names everywhere Elasticsearch's would differ: the

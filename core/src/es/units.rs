@@ -101,6 +101,8 @@ fn plain_service(t: &mut String, spec: &ClusterSpec, role: Role) {
     let root = &spec.data_root;
     let conf = &spec.config_template;
     let yml = spec.flavor.config_file();
+    // Validated plain names (no spaces, no shell characters).
+    let extra: String = spec.config_files.iter().map(|f| format!(" {f}")).collect();
     t.push_str("[Service]\nType=simple\n");
     let _ = writeln!(t, "User={user}\nGroup={user}");
     if let Some(opts) = heap_opts(spec, role) {
@@ -127,7 +129,7 @@ fn plain_service(t: &mut String, spec: &ClusterSpec, role: Role) {
          # elasticsearch.yml and unicast_hosts.txt (rewritten in place when masters move).\n\
          ExecStartPre=/bin/sh -ec '\\\n    \
          cd {root}/%p%i/config; \\\n    \
-         for f in jvm.options jvm.options.d log4j2.properties; do \\\n        \
+         for f in jvm.options jvm.options.d log4j2.properties{extra}; do \\\n        \
          if [ -e {conf}/$$f ]; then rm -rf ./$$f; cp -R {conf}/$$f ./$$f; fi; \\\n    \
          done; \\\n    \
          ln -sfn \"${{ESFLEET_CONFIG_DIR}}/elasticsearch.yml\" {yml}; \\\n    \
@@ -259,6 +261,7 @@ fn xfleet(t: &mut String, spec: &ClusterSpec, role: Role) {
     if !res.is_empty() {
         let _ = writeln!(t, "Resources={}", res.join(" "));
     }
+    let scheme = spec.http.scheme();
     if role == Role::Master {
         // The scheduler marks the cluster bootstrapped once most masters are healthy: that
         // must mean "formed", whatever the shards' state (a cluster that stays yellow must
@@ -266,15 +269,27 @@ fn xfleet(t: &mut String, spec: &ClusterSpec, role: Role) {
         let _ = writeln!(
             t,
             "# Healthy: joined a cluster with an elected master (503 without one), whatever its status.\n\
-             HealthCheck=http://127.0.0.1:{}/_cluster/health?timeout=1s",
+             HealthCheck={scheme}://127.0.0.1:{}/_cluster/health?timeout=1s",
             r.http_port
         );
     } else {
         let _ = writeln!(
             t,
             "# Healthy: joined a cluster with an elected master, and the cluster is green.\n\
-             HealthCheck=http://127.0.0.1:{}/_cluster/health?wait_for_status=green&timeout=1s",
+             HealthCheck={scheme}://127.0.0.1:{}/_cluster/health?wait_for_status=green&timeout=1s",
             r.http_port
+        );
+    }
+    if let Some(ca) = &spec.http.ca_file {
+        let _ = writeln!(
+            t,
+            "# The nodes' HTTP certificates are signed by this CA and name 127.0.0.1.\nHealthCheckCA={ca}"
+        );
+    }
+    if let Some(c) = &spec.http.credentials_file {
+        let _ = writeln!(
+            t,
+            "# user:password, read by the agent (root-owned, mode 0600) for each check.\nHealthCheckCredentials={c}"
         );
     }
     t.push_str("MaxUnavailable=1\nFence=stop\n");

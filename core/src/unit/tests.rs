@@ -640,6 +640,27 @@ fn sizes_and_cpus() {
 }
 
 #[test]
+fn https_health_checks_name_their_ca_and_credentials_files() {
+    let x = opts(
+        "HealthCheck=https://127.0.0.1:9200/_cluster/health\nHealthCheckCA=/etc/os/ca.pem\n\
+         HealthCheckCredentials=/etc/esfleet/logs.credentials\n",
+    );
+    assert_eq!(x.health_check_ca.as_deref(), Some("/etc/os/ca.pem"));
+    assert_eq!(
+        x.health_check_credentials.as_deref(),
+        Some("/etc/esfleet/logs.credentials")
+    );
+    let e = err("HealthCheck=http://127.0.0.1:9200/\nHealthCheckCA=/ca.pem\n");
+    assert!(e.contains("HealthCheckCA= is for an https:// HealthCheck="), "{e}");
+    let e = err("HealthCheck=https://127.0.0.1:9200/\nHealthCheckCredentials=/c\n");
+    assert!(e.contains("esfleet does only over https"), "{e}");
+    let e = err("HealthCheck=https://127.0.0.1:9200/\nHealthCheckCA=ca.pem\n");
+    assert!(e.contains("is not an absolute path"), "{e}");
+    let e = err("HealthCheck=https://127.0.0.1:9200/\nHealthCheckCA=/etc/../ca.pem\n");
+    assert!(e.contains("is not an absolute path"), "{e}");
+}
+
+#[test]
 fn health_check() {
     assert_eq!(
         opts("HealthCheck=http://127.0.0.1:9200/_cluster/health?local=true\n").health_check,
@@ -930,6 +951,8 @@ fn fragment() -> impl Strategy<Value = String> {
             "StartAfter",
             "StartAfterQuorum",
             "HealthCheck",
+            "HealthCheckCA",
+            "HealthCheckCredentials",
             "MaxUnavailable",
             "Fence",
             "Elasticsearch",

@@ -80,13 +80,15 @@ enum Opt {
     StartAfter,
     StartAfterQuorum,
     HealthCheck,
+    HealthCheckCa,
+    HealthCheckCredentials,
     MaxUnavailable,
     Fence,
     Elasticsearch,
 }
 
 /// Every option in the order errors and docs list them.
-const OPTS: [Opt; 16] = [
+const OPTS: [Opt; 18] = [
     Opt::MachineId,
     Opt::MachineOf,
     Opt::MachineMetadata,
@@ -100,6 +102,8 @@ const OPTS: [Opt; 16] = [
     Opt::StartAfter,
     Opt::StartAfterQuorum,
     Opt::HealthCheck,
+    Opt::HealthCheckCa,
+    Opt::HealthCheckCredentials,
     Opt::MaxUnavailable,
     Opt::Fence,
     Opt::Elasticsearch,
@@ -130,6 +134,8 @@ impl Opt {
             Opt::StartAfterQuorum => "StartAfterQuorum",
             Opt::Elasticsearch => "Elasticsearch",
             Opt::HealthCheck => "HealthCheck",
+            Opt::HealthCheckCa => "HealthCheckCA",
+            Opt::HealthCheckCredentials => "HealthCheckCredentials",
             Opt::MaxUnavailable => "MaxUnavailable",
             Opt::Fence => "Fence",
         }
@@ -332,6 +338,28 @@ pub fn parse_options(name: &UnitName, file: &UnitFile) -> Result<XFleet, Options
     }
     if let Some(r) = get(Opt::HealthCheck).last() {
         x.health_check = ctx.health_check(r)?;
+    }
+    let https = matches!(&x.health_check, Some(HealthCheck::Http(u)) if u.starts_with("https://"));
+    if let Some(r) = get(Opt::HealthCheckCa).last() {
+        x.health_check_ca = Some(ctx.secret_path(r)?);
+        if !https {
+            return Err(ctx.bad(
+                r,
+                format!("{}= is for an https:// HealthCheck=, and this unit has none", r.key),
+            ));
+        }
+    }
+    if let Some(r) = get(Opt::HealthCheckCredentials).last() {
+        x.health_check_credentials = Some(ctx.secret_path(r)?);
+        if !https || x.health_check_ca.is_none() {
+            return Err(ctx.bad(
+                r,
+                format!(
+                    "{}= sends a password, which esfleet does only over https: give an https:// HealthCheck= and HealthCheckCA=",
+                    r.key
+                ),
+            ));
+        }
     }
     if let Some(r) = get(Opt::MaxUnavailable).last() {
         x.max_unavailable = ctx.max_unavailable(r)?;
@@ -661,6 +689,22 @@ impl Ctx<'_> {
         // Anything else is a command line, kept as written (quotes included); the agent runs it.
         split_words(v).map_err(|m| self.bad(r, format!("{}={}: {m}", r.key, r.value)))?;
         Ok(Some(HealthCheck::Command(v.to_string())))
+    }
+
+    /// An absolute path to a file the agent reads (CA certificates, credentials).
+    fn secret_path(&self, r: &Raw<'_>) -> Result<String, OptionsError> {
+        let v = self.expand(r)?;
+        let v = v.trim();
+        let ok = v.starts_with('/')
+            && !v.split('/').any(|s| s == "..")
+            && !v.chars().any(|c| c.is_control() || c.is_whitespace());
+        if !ok {
+            return Err(self.bad(
+                r,
+                format!("{}={} is not an absolute path without spaces or \"..\"", r.key, r.value),
+            ));
+        }
+        Ok(v.to_string())
     }
 
     fn max_unavailable(&self, r: &Raw<'_>) -> Result<u32, OptionsError> {
