@@ -72,13 +72,263 @@ pub fn boot_zones(toml: &str) -> anyhow::Result<RealCluster> {
 
 /// Cluster `logs` of OpenSearch over [`ZONES`]: 3 masters (one per zone) and 3 data nodes
 /// (one per home zone), small heaps. `runtime`: the `runtime = ...` line and its
-/// `exec`/`image`/`config_template` lines; `settings`: `[settings]` lines.
+/// `exec`/`image`/`config_template` lines (and `[http]`); `settings`: `[settings]` lines
+/// (without the security plugin's, it is turned off).
 pub fn cluster_toml(runtime: &str, settings: &str) -> String {
+    // The security plugin is off unless the settings configure it.
+    let off = if settings.contains("plugins.security.") {
+        ""
+    } else {
+        SECURITY_OFF
+    };
     format!(
         "name = \"logs\"\nflavor = \"opensearch\"\nzones = [\"za\", \"zb\", \"zc\"]\n{runtime}\n\
          [master]\ncount = 3\nmemory = \"768m\"\nheap = \"256m\"\n\
-         [data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n[settings]\n{settings}"
+         [data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n[settings]\n{off}{settings}"
     )
+}
+
+/// The user the security plugin knows esfleet (and the tests) as.
+pub const SECURE_USER: &str = "esfleet";
+
+/// A secured cluster's files: the engine's security plugin on (TLS on HTTP and transport,
+/// users), its configuration template with a CA, one node certificate, the plugin's
+/// configuration and a user whose password was made up for this run, and esfleet's
+/// credentials file. Written into this machine's filesystem before the hosts boot, so
+/// every host sees them (their roots are overlays of it) and a rebooted host still does.
+/// Removed when dropped.
+pub struct Secured {
+    /// The configuration template (`config_template`): log4j2.properties, certs/,
+    /// opensearch-security/.
+    pub conf: PathBuf,
+    /// `user:password`, root's, mode 0600.
+    pub credentials: PathBuf,
+    pub password: String,
+}
+
+impl Drop for Secured {
+    fn drop(&mut self) {
+        if let Some(dir) = self.conf.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+impl Secured {
+    pub fn ca_file(&self) -> String {
+        format!("{}/certs/ca.pem", self.conf.display())
+    }
+
+    /// cluster.toml's top-level lines (after `runtime`): the template, the files copied
+    /// from it, and `[http]`.
+    pub fn toml_lines(&self) -> String {
+        format!(
+            "config_template = \"{}\"\nconfig_files = [\"certs\", \"opensearch-security\"]\n\
+             [http]\nca_file = \"{}\"\ncredentials_file = \"{}\"\n",
+            self.conf.display(),
+            self.ca_file(),
+            self.credentials.display()
+        )
+    }
+
+    /// The `[settings]` that turn the security plugin on with these files.
+    pub fn settings() -> String {
+        let mut s = String::new();
+        for layer in ["transport", "http"] {
+            for (k, f) in [
+                ("pemcert_filepath", "node.pem"),
+                ("pemkey_filepath", "node-key.pem"),
+                ("pemtrustedcas_filepath", "ca.pem"),
+            ] {
+                s.push_str(&format!("\"plugins.security.ssl.{layer}.{k}\" = \"certs/{f}\"\n"));
+            }
+        }
+        s.push_str(
+            "\"plugins.security.ssl.http.enabled\" = true\n\
+             \"plugins.security.ssl.transport.enforce_hostname_verification\" = false\n\
+             \"plugins.security.allow_default_init_securityindex\" = true\n\
+             \"plugins.security.nodes_dn\" = [\"CN=esfleet-node\"]\n",
+        );
+        s
+    }
+}
+
+/// The settings that leave the engine's security plugin off (it is installed, as in the
+/// distribution, and refuses to start unconfigured otherwise).
+pub const SECURITY_OFF: &str = "\"plugins.security.disabled\" = true\n";
+
+/// The test hosts' addresses: host i of a testbed is 10.88.0.(10 + i) (tests/hosts).
+const HOST_ADDRESSES: std::ops::RangeInclusive<u8> = 11..=30;
+
+/// Makes [`Secured`]'s files for the engine at `engine`: openssl makes the certificates
+/// (the node certificate names 127.0.0.1, for the agents' health checks, and every test
+/// host's address), the security plugin's own tool hashes the password.
+pub fn secure(engine: &std::path::Path) -> anyhow::Result<Secured> {
+    use std::os::unix::fs::{chown, PermissionsExt};
+    use std::process::Command;
+    let run = |dir: &std::path::Path, cmd: &str, args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new(cmd)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .with_context(|| format!("running {cmd}"))?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{cmd} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    // Not /tmp or /var/tmp: the hosts mount their own there.
+    let base = PathBuf::from(format!("/var/cache/esfleet/test-tls/{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&base);
+    let conf = base.join("conf");
+    let certs = conf.join("certs");
+    let sec = conf.join("opensearch-security");
+    std::fs::create_dir_all(&certs)?;
+    std::fs::create_dir_all(&sec)?;
+    let work = base.join("work");
+    std::fs::create_dir_all(&work)?;
+    run(
+        &work,
+        "openssl",
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "7",
+            "-subj",
+            "/CN=esfleet-test-ca",
+            "-keyout",
+            "ca-key.pem",
+            "-out",
+            "ca.pem",
+        ],
+    )?;
+    run(
+        &work,
+        "openssl",
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=esfleet-node",
+            "-keyout",
+            "node-key.raw",
+            "-out",
+            "node.csr",
+        ],
+    )?;
+    // The engine reads PKCS#8 keys only.
+    run(
+        &work,
+        "openssl",
+        &[
+            "pkcs8",
+            "-topk8",
+            "-nocrypt",
+            "-in",
+            "node-key.raw",
+            "-out",
+            "node-key.pem",
+        ],
+    )?;
+    let mut sans = vec!["IP:127.0.0.1".to_string()];
+    sans.extend(HOST_ADDRESSES.map(|i| format!("IP:10.88.0.{i}")));
+    std::fs::write(
+        work.join("ext"),
+        format!(
+            "subjectAltName={}\nextendedKeyUsage=serverAuth,clientAuth\n",
+            sans.join(",")
+        ),
+    )?;
+    run(
+        &work,
+        "openssl",
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "node.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "7",
+            "-out",
+            "node.pem",
+            "-extfile",
+            "ext",
+        ],
+    )?;
+    for f in ["ca.pem", "node.pem", "node-key.pem"] {
+        std::fs::copy(work.join(f), certs.join(f))?;
+    }
+    let plugin = engine.join("plugins/opensearch-security");
+    for e in std::fs::read_dir(plugin.join("config"))? {
+        let p = e?.path();
+        if p.extension().is_some_and(|x| x == "yml") {
+            std::fs::copy(&p, sec.join(p.file_name().unwrap()))?;
+        }
+    }
+    let password = std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
+        .trim()
+        .to_string();
+    let cp = format!("{}/lib/*:{}/*", engine.display(), plugin.display());
+    let hash = run(
+        &work,
+        "java",
+        &["-cp", &cp, "org.opensearch.security.tools.Hasher", "-p", &password],
+    )?;
+    let hash = hash
+        .lines()
+        .rfind(|l| l.starts_with("$2"))
+        .ok_or_else(|| anyhow!("the Hasher printed no bcrypt hash: {hash}"))?;
+    std::fs::write(
+        sec.join("internal_users.yml"),
+        format!(
+            "_meta:\n  type: \"internalusers\"\n  config_version: 2\n\
+             {SECURE_USER}:\n  hash: \"{hash}\"\n  reserved: true\n  backend_roles: [\"admin\"]\n"
+        ),
+    )?;
+    std::fs::copy(engine.join("config/log4j2.properties"), conf.join("log4j2.properties"))?;
+    std::fs::remove_dir_all(&work)?;
+    // Readable by the engine's user (its unit copies the template as that user), no one else.
+    let gid = std::fs::read_to_string("/etc/group")?
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.first() == Some(&"opensearch")).then(|| f.get(2).and_then(|g| g.parse::<u32>().ok()))?
+        })
+        .ok_or_else(|| anyhow!("no group opensearch: scripts/es-engine creates it"))?;
+    for dir in [&base, &conf, &certs, &sec] {
+        chown(dir, Some(0), Some(gid))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o750))?;
+    }
+    for dir in [&conf, &certs, &sec] {
+        for e in std::fs::read_dir(dir)? {
+            let p = e?.path();
+            if p.is_file() {
+                chown(&p, Some(0), Some(gid))?;
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o640))?;
+            }
+        }
+    }
+    let credentials = base.join("logs.credentials");
+    std::fs::write(&credentials, format!("{SECURE_USER}:{password}\n"))?;
+    std::fs::set_permissions(&credentials, std::fs::Permissions::from_mode(0o600))?;
+    Ok(Secured {
+        conf,
+        credentials,
+        password,
+    })
 }
 
 /// A node's REST endpoint: (host, http port).
@@ -88,13 +338,19 @@ pub type Endpoint = (String, u16);
 pub struct Engine<'c> {
     pub c: &'c RealCluster,
     pub from: String,
+    /// A secured cluster: https trusting this CA file, as this `user:password`.
+    pub tls: Option<(String, String)>,
 }
 
 impl Engine<'_> {
     /// One call to one node; the body parsed as JSON (an HTTP error is an error).
     pub fn call(&self, to: &Endpoint, method: &str, path: &str, body: Option<&str>) -> anyhow::Result<Value> {
-        let url = format!("http://{}:{}{path}", self.c.ip(&to.0), to.1);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}:{}{path}", self.c.ip(&to.0), to.1);
         let mut args = vec!["curl", "-sS", "--fail-with-body", "--max-time", "5", "-X", method, &url];
+        if let Some((ca, user)) = &self.tls {
+            args.extend(["--cacert", ca, "-u", user]);
+        }
         if let Some(b) = body {
             args.extend(["-H", "Content-Type: application/json", "--data-binary", b]);
         }

@@ -85,6 +85,7 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let c = boot_zones(&cluster_toml(&runtime, &settings))?;
     let boot = t.elapsed();
     let os = Engine {
+        tls: None,
         c: &c,
         from: "ctl".into(),
     };

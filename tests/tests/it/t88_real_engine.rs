@@ -21,6 +21,12 @@
 //!    recreated in its zone and joins, it leaves the voting configuration, one cluster
 //!    UUID everywhere, and every seed file follows the move.
 //!
+//! The cluster is secured as its operators would run it: the engine's security plugin
+//! (from Maven Central, as the distribution ships it) with TLS on HTTP and transport and a
+//! user whose password exists only in root-only files. Every call above (esfleet's CLI, the
+//! agents' health checks, the test's own curl) goes over https with that CA and password;
+//! a call without credentials gets 401, a credentials file others can read is refused.
+//!
 //! Root only (`ESFLEET_ROOT_TESTS=1`); otherwise the test prints a skip line and passes.
 //! With root tests on, a missing engine fails the test: `scripts/test` builds it first.
 //! t89 applies the same cluster in nspawn containers.
@@ -28,10 +34,11 @@
 use std::time::{Duration, Instant};
 
 use esfleet_tests::engine::{
-    boot_zones, check_zone_safety, cluster_toml, engine_home, sample_health, tally, wait_formed, zone_of, Engine, ZONES,
+    boot_zones, check_zone_safety, cluster_toml, engine_home, sample_health, secure, tally, wait_formed, zone_of,
+    Engine, Secured, SECURE_USER, ZONES,
 };
 use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
-use esfleet_tests::realcluster::{RealCluster, PATIENCE};
+use esfleet_tests::realcluster::{wait_for, RealCluster, PATIENCE};
 /// The zone this test loses: no coordinator lives there, so its hosts can be rebooted.
 const LOST: &str = "zc";
 const DOCS: usize = 200;
@@ -66,6 +73,81 @@ pub(crate) fn apply_and_check(c: &RealCluster, os: &Engine<'_>) -> esfleet_tests
     a
 }
 
+/// The engine asks who is calling, and esfleet answers only with private credentials.
+fn check_security(c: &RealCluster, os: &Engine<'_>, sec: &Secured, a: &esfleet_tests::engine::Applied) {
+    let (host, port) = &a.everyone[0];
+    let url = format!("https://{}:{port}/_cluster/health", c.ip(host));
+    let ca = sec.ca_file();
+    let code = |args: &[&str]| {
+        let mut all = vec!["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5"];
+        all.extend(args);
+        let out = c.hosts().exec(&os.from, &all).unwrap();
+        out.stdout.trim().to_string()
+    };
+    assert_eq!(code(&["--cacert", &ca, &url]), "401", "no credentials");
+    assert_eq!(
+        code(&["--cacert", &ca, "-u", &format!("{SECURE_USER}:wrong"), &url]),
+        "401"
+    );
+    assert_eq!(code(&[&url.replace("https://", "http://")]), "000", "no plain http");
+    assert_eq!(
+        code(&["--cacert", &ca, "-u", &format!("{SECURE_USER}:{}", sec.password), &url]),
+        "200"
+    );
+    // The CLI refuses a credentials file others can read, naming it and the fix.
+    let cli = c.control_host().unwrap();
+    c.write_file(
+        &cli,
+        "/root/es/loose.credentials",
+        &format!("{SECURE_USER}:{}", sec.password),
+    )
+    .unwrap();
+    c.hosts()
+        .exec_ok(&cli, &["chmod", "0644", "/root/es/loose.credentials"])
+        .unwrap();
+    let (ok, text) = esfleet(
+        c,
+        &[
+            "--es-credentials-file",
+            "/root/es/loose.credentials",
+            "es",
+            "status",
+            "logs",
+        ],
+    );
+    assert!(
+        !ok && text.contains("/root/es/loose.credentials can be read or written by others (mode 0644); chmod 600 it"),
+        "{text}"
+    );
+    // A wrong password: the engine's 401 is shown.
+    c.write_file(&cli, "/root/es/wrong.credentials", &format!("{SECURE_USER}:wrong"))
+        .unwrap();
+    c.hosts()
+        .exec_ok(&cli, &["chmod", "0600", "/root/es/wrong.credentials"])
+        .unwrap();
+    let (_, text) = esfleet(
+        c,
+        &[
+            "--es-credentials-file",
+            "/root/es/wrong.credentials",
+            "es",
+            "status",
+            "logs",
+        ],
+    );
+    assert!(text.contains("401"), "{text}");
+    // The stored cluster names the files, never the password.
+    let (ok, text) = esfleet(c, &["es", "status", "logs"]);
+    assert!(ok && !text.contains(&sec.password), "{text}");
+    let stored = c.etcdctl(&["get", "--prefix", "/esfleet/"]).unwrap();
+    assert!(
+        stored.success() && stored.stdout.contains("logs.credentials"),
+        "{}",
+        stored.stderr
+    );
+    assert!(!stored.stdout.contains(&sec.password), "the password is in the store");
+}
+
 #[test]
 fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
     if skip_unless_root("t88_real_engine::a_real_opensearch_cluster_spans_zones_and_survives_losing_one") {
@@ -74,18 +156,25 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
     let engine = engine_home();
     let _map_count = MaxMapCount::set(262_144);
     let e = engine.display();
+    // Before the boot: the hosts' roots are overlays of this machine's.
+    let sec = secure(&engine).unwrap();
     let c = boot_zones(&cluster_toml(
-        &format!("runtime = \"plain\"\nexec = \"{e}/bin/opensearch\"\nconfig_template = \"{e}/config\""),
-        "",
+        &format!(
+            "runtime = \"plain\"\nexec = \"{e}/bin/opensearch\"\n{}",
+            sec.toml_lines()
+        ),
+        &Secured::settings(),
     ))
     .unwrap();
     let os = Engine {
         c: &c,
         from: "ctl".into(),
+        tls: Some((sec.ca_file(), format!("{SECURE_USER}:{}", sec.password))),
     };
 
-    // 1. Apply: placed, formed, green, zone-safe.
+    // 1. Apply: placed, formed, green, zone-safe (over https, with credentials).
     let a = apply_and_check(&c, &os);
+    check_security(&c, &os, &sec, &a);
 
     // 7. An index without replicas: es restart refuses (its shards would be unavailable
     //    while their node restarts); a drain of a data node's host moves its shards off
@@ -275,7 +364,15 @@ fn a_real_opensearch_cluster_spans_zones_and_survives_losing_one() {
         .everyone
         .iter()
         .map(|n| {
-            os.call(n, "GET", "/", None).unwrap()["cluster_uuid"]
+            // A node that just joined serves requests once it has read the security
+            // plugin's configuration from the cluster (until then: 503, "not initialized").
+            wait_for(
+                &format!("{n:?} answers GET /"),
+                Duration::from_secs(60),
+                Duration::from_millis(500),
+                || Ok(os.call(n, "GET", "/", None).ok()),
+            )
+            .unwrap()["cluster_uuid"]
                 .as_str()
                 .unwrap()
                 .to_string()

@@ -32,6 +32,7 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
     let nspawn = format!("runtime = \"nspawn\"\nimage = \"{}\"", image.display());
     let c = boot_zones(&cluster_toml(&nspawn, "")).unwrap();
     let os = Engine {
+        tls: None,
         c: &c,
         from: "ctl".into(),
     };
