@@ -11,14 +11,20 @@
 //! 6. `es scale-down --data 2` refused by the replicas rule (3 copies need > 3 data nodes).
 //! 2. `es restart` of every node: each container is halted (its stub init hands the engine
 //!    SIGTERM) and started again from its machine directory; never red, documents intact.
+//! 3. One data host lost (its cable pulled, not its zone): the node is recreated on the
+//!    zone's other host with an empty data directory, joins, green, never red. When the
+//!    cable is back, the old placement's data directory is removed from the returned host
+//!    and the node runs in one place only.
 //!
 //! Root only (`ESFLEET_ROOT_TESTS=1`); a missing image fails the test (`scripts/test`
 //! builds it first).
 
 use std::time::{Duration, Instant};
 
-use esfleet_tests::engine::{boot_zones, cluster_toml, image, sample_health, tally, Engine};
+use esfleet_tests::engine::{boot_zones, cluster_toml, image, sample_health, tally, zone_of, Endpoint, Engine};
 use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
+
+use esfleet_tests::realcluster::wait_for;
 
 use super::t88_real_engine::apply_and_check;
 
@@ -156,5 +162,74 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
             "{u} on {h}: the engine never closed cleanly"
         );
     }
+
+    // 3. A data host lost: zone zc's data node (no coordinator lives in zc, so the cut
+    //    costs the store nothing).
+    let unit = "logs-d@3.service";
+    let lost = a.at[unit].clone();
+    assert_eq!(zone_of(&lost), "zc");
+    let node_dir = "/var/lib/esfleet/es/logs-d3";
+    let generations = |host: &str| -> Vec<String> {
+        let out = c.hosts().exec_ok(host, &["ls", "-1", node_dir]).unwrap_or_default();
+        out.lines().map(str::to_string).collect()
+    };
+    let old_generations = generations(&lost);
+    assert_eq!(old_generations.len(), 1, "{old_generations:?}");
+    let old_id = os
+        .node_ids(&a.everyone)
+        .unwrap()
+        .into_iter()
+        .find(|(_, n)| n == "logs-d3")
+        .unwrap()
+        .0;
+    let survivors: Vec<Endpoint> = a.everyone.iter().filter(|(h, _)| *h != lost).cloned().collect();
+    let t = Instant::now();
+    let (_, statuses) = sample_health(&os, &survivors, Duration::from_millis(500), || {
+        c.partition(&lost).unwrap();
+        os.wait_recreated(&survivors, "logs-d3", &old_id, Duration::from_secs(240))
+            .unwrap();
+        println!("data host {lost} cut → logs-d3 recreated and joined: {:?}", t.elapsed());
+        os.wait_status(
+            &survivors,
+            "green",
+            "green with the replacement",
+            Duration::from_secs(240),
+        );
+    });
+    println!(
+        "data host {lost} cut → green: {:?}; health: {}",
+        t.elapsed(),
+        tally(&statuses)
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "red"),
+        "red after losing a data host: {statuses:?}"
+    );
+    assert_eq!(os.count(&survivors, "docs").unwrap(), 200);
+    let copies = c.live_copies(&[unit]).unwrap();
+    let now_at = copies.get(unit).cloned().unwrap_or_default();
+    assert!(
+        now_at.len() == 1 && now_at[0] != lost && zone_of(&now_at[0]) == "zc",
+        "{unit} should run once, on zc's other host: {now_at:?}"
+    );
+    let fresh = generations(&now_at[0]);
+    assert!(
+        !fresh.is_empty() && fresh.iter().all(|g| !old_generations.contains(g)),
+        "the replacement's data directory is of a new placement: {fresh:?} vs {old_generations:?}"
+    );
+    // The cable comes back: the returned agent removes the old placement's directory.
+    let t = Instant::now();
+    c.heal(&lost).unwrap();
+    wait_for(
+        "the old data directory removed from the returned host",
+        Duration::from_secs(180),
+        Duration::from_secs(1),
+        || Ok(generations(&lost).iter().all(|g| !old_generations.contains(g)).then_some(())),
+    )
+    .unwrap();
+    println!("{lost} back → old data directory removed: {:?}", t.elapsed());
+    let copies = c.live_copies(&[unit]).unwrap();
+    assert_eq!(copies.get(unit).map(Vec::len), Some(1), "{copies:?}");
+    os.wait_status(&a.everyone, "green", "green with every host back", Duration::from_secs(120));
     c.teardown().unwrap();
 }
