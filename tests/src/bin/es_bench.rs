@@ -15,6 +15,9 @@
 //! - a rolling restart (`esfleet es restart`) of all six nodes;
 //! - memory: each engine process's resident set once green.
 //!
+//! `--secure` (plain runtime) runs the engine's security plugin as t88 does: TLS on HTTP
+//! and transport, a password; esfleet and the samplers go over https.
+//!
 //! It prints Markdown and exits non-zero if a step failed. The binaries are the ones next
 //! to it (debug unless built with --release); the machine's load matters. Recorded runs:
 //! BENCHMARKS.md.
@@ -27,7 +30,8 @@ use anyhow::{bail, Context};
 use clap::Parser;
 
 use esfleet_tests::engine::{
-    boot_zones, cluster_toml, engine_home, image, sample_health, tally, wait_formed, zone_of, Engine,
+    boot_zones, cluster_toml, engine_home, image, sample_health, secure, tally, wait_formed, zone_of, Engine, Secured,
+    SECURE_USER,
 };
 use esfleet_tests::hosts::MaxMapCount;
 use esfleet_tests::realcluster::wait_for;
@@ -42,6 +46,9 @@ struct Args {
     /// detection: `cluster.fault_detection.follower_check.timeout=2s`.
     #[arg(long = "setting")]
     settings: Vec<String>,
+    /// The engine's security plugin on (plain runtime): TLS and a password, as in t88.
+    #[arg(long)]
+    secure: bool,
 }
 
 fn main() -> ExitCode {
@@ -64,16 +71,36 @@ fn secs(d: Duration) -> String {
 }
 
 fn run(args: &Args) -> anyhow::Result<()> {
-    let runtime = match args.runtime.as_str() {
-        "plain" => {
+    // Before the boot: the hosts see this machine's files.
+    let sec = match (args.secure, args.runtime.as_str()) {
+        (false, _) => None,
+        (true, "plain") => Some(secure(&engine_home())?),
+        (true, other) => {
+            bail!("--secure needs --runtime plain (an nspawn image carries its own certificates), not {other}")
+        }
+    };
+    let runtime = match (args.runtime.as_str(), &sec) {
+        ("plain", None) => {
             let e = engine_home();
             let e = e.display();
             format!("runtime = \"plain\"\nexec = \"{e}/bin/opensearch\"\nconfig_template = \"{e}/config\"")
         }
-        "nspawn" => format!("runtime = \"nspawn\"\nimage = \"{}\"", image().display()),
-        other => bail!("--runtime {other}: use plain or nspawn"),
+        ("plain", Some(sec)) => {
+            let e = engine_home();
+            format!(
+                "runtime = \"plain\"\nexec = \"{}/bin/opensearch\"\n{}",
+                e.display(),
+                sec.toml_lines()
+            )
+        }
+        ("nspawn", _) => format!("runtime = \"nspawn\"\nimage = \"{}\"", image().display()),
+        (other, _) => bail!("--runtime {other}: use plain or nspawn"),
     };
-    let mut settings = String::new();
+    let mut settings = if sec.is_some() {
+        Secured::settings()
+    } else {
+        String::new()
+    };
     for kv in &args.settings {
         let (k, v) = kv
             .split_once('=')
@@ -85,7 +112,9 @@ fn run(args: &Args) -> anyhow::Result<()> {
     let c = boot_zones(&cluster_toml(&runtime, &settings))?;
     let boot = t.elapsed();
     let os = Engine {
-        tls: None,
+        tls: sec
+            .as_ref()
+            .map(|s| (s.ca_file(), format!("{SECURE_USER}:{}", s.password))),
         c: &c,
         from: "ctl".into(),
     };
@@ -233,7 +262,15 @@ fn run(args: &Args) -> anyhow::Result<()> {
     rows.push(("es restart of 6 nodes".into(), secs(t.elapsed())));
     rows.push(("health during the restart".into(), tally(&statuses)));
 
-    println!("## es_bench: OpenSearch 2.19, runtime {}\n", args.runtime);
+    println!(
+        "## es_bench: OpenSearch 2.19.4, runtime {}{}\n",
+        args.runtime,
+        if args.secure {
+            ", security plugin on (TLS, password)"
+        } else {
+            ""
+        }
+    );
     if !args.settings.is_empty() {
         println!("Engine settings: {}\n", args.settings.join(", "));
     }
