@@ -189,6 +189,20 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
         os.wait_recreated(&survivors, "logs-d3", &old_id, Duration::from_secs(240))
             .unwrap();
         println!("data host {lost} cut → logs-d3 recreated and joined: {:?}", t.elapsed());
+        // Node names need not be unique: the replacement can join while the cut-off node
+        // is still a member (until the master's follower checks give up on it), and the
+        // cluster is green only once the old node's copies live on the new one.
+        wait_for(
+            "the cut-off logs-d3 removed from the cluster",
+            Duration::from_secs(240),
+            Duration::from_millis(500),
+            || Ok((!os.node_ids(&survivors)?.iter().any(|(id, _)| *id == old_id)).then_some(())),
+        )
+        .unwrap();
+        println!(
+            "data host {lost} cut → the old logs-d3 left the cluster: {:?}",
+            t.elapsed()
+        );
         os.wait_status(
             &survivors,
             "green",
@@ -224,12 +238,22 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
         "the old data directory removed from the returned host",
         Duration::from_secs(180),
         Duration::from_secs(1),
-        || Ok(generations(&lost).iter().all(|g| !old_generations.contains(g)).then_some(())),
+        || {
+            Ok(generations(&lost)
+                .iter()
+                .all(|g| !old_generations.contains(g))
+                .then_some(()))
+        },
     )
     .unwrap();
     println!("{lost} back → old data directory removed: {:?}", t.elapsed());
     let copies = c.live_copies(&[unit]).unwrap();
     assert_eq!(copies.get(unit).map(Vec::len), Some(1), "{copies:?}");
-    os.wait_status(&a.everyone, "green", "green with every host back", Duration::from_secs(120));
+    os.wait_status(
+        &a.everyone,
+        "green",
+        "green with every host back",
+        Duration::from_secs(120),
+    );
     c.teardown().unwrap();
 }
