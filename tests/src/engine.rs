@@ -28,6 +28,17 @@ pub fn engine_home() -> PathBuf {
     )
 }
 
+/// Elasticsearch 8 (`bin/elasticsearch`, `lib/`, `modules/`): `ESFLEET_ENGINE_ES8`, else
+/// where `scripts/es-engine elasticsearch` puts it.
+pub fn es8_home() -> PathBuf {
+    built(
+        "ESFLEET_ENGINE_ES8",
+        "/var/cache/esfleet/engine/elasticsearch",
+        "bin/elasticsearch",
+        "scripts/es-engine elasticsearch",
+    )
+}
+
 /// The nspawn image (Debian 12 + a JRE + the engine): `ESFLEET_IMAGE`, else where
 /// `scripts/es-image` puts it.
 pub fn image() -> PathBuf {
@@ -81,10 +92,15 @@ pub fn cluster_toml(runtime: &str, settings: &str) -> String {
     } else {
         SECURITY_OFF
     };
+    cluster_toml_of("opensearch", runtime, &format!("{off}{settings}"))
+}
+
+/// [`cluster_toml`] for either flavour, `settings` as given.
+pub fn cluster_toml_of(flavor: &str, runtime: &str, settings: &str) -> String {
     format!(
-        "name = \"logs\"\nflavor = \"opensearch\"\nzones = [\"za\", \"zb\", \"zc\"]\n{runtime}\n\
+        "name = \"logs\"\nflavor = \"{flavor}\"\nzones = [\"za\", \"zb\", \"zc\"]\n{runtime}\n\
          [master]\ncount = 3\nmemory = \"768m\"\nheap = \"256m\"\n\
-         [data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n[settings]\n{off}{settings}"
+         [data]\ncount = 3\nmemory = \"1g\"\nheap = \"384m\"\n[settings]\n{settings}"
     )
 }
 

@@ -149,13 +149,27 @@ pub struct Es<'a> {
 }
 
 impl Es<'_> {
-    /// `GET /` : (cluster name, version).
+    /// `GET /` : (cluster name, version). Where `GET /` is not served (Elasticsearch
+    /// without its rest-root module answers 405), the node's own `GET /_nodes/_local`.
     pub async fn root(&self) -> Result<(String, String), HttpError> {
-        let v = self.http.json(Method::Get, "/", None).await?;
-        Ok((
-            s(&v, "cluster_name"),
-            v.get("version").map(|v| s(v, "number")).unwrap_or_default(),
-        ))
+        match self.http.json(Method::Get, "/", None).await {
+            Ok(v) => Ok((
+                s(&v, "cluster_name"),
+                v.get("version").map(|v| s(v, "number")).unwrap_or_default(),
+            )),
+            Err(HttpError::Es { status: 404 | 405, .. }) => {
+                let path = "/_nodes/_local?filter_path=cluster_name,nodes.*.version";
+                let v = self.http.json(Method::Get, path, None).await?;
+                let version = v
+                    .get("nodes")
+                    .and_then(Value::as_object)
+                    .and_then(|m| m.values().next())
+                    .map(|n| s(n, "version"))
+                    .unwrap_or_default();
+                Ok((s(&v, "cluster_name"), version))
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `GET /_cluster/health`, now.

@@ -28,3 +28,4 @@ mod t86_drain;
 mod t87_elasticsearch;
 mod t88_real_engine;
 mod t89_nspawn_engine;
+mod t90_elasticsearch8;

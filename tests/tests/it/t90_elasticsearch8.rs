@@ -1,0 +1,91 @@
+//! Elasticsearch itself (issue 16: "support and test both"): the cluster t88 runs on
+//! OpenSearch, run on Elasticsearch 8.15 with `flavor = "elasticsearch"`. The engine is the
+//! server and its Netty transport from Maven Central (`scripts/es-engine elasticsearch`),
+//! laid out as the distribution does; every node is a generated plain unit configured only
+//! by the `elasticsearch.yml` esfleet renders (Elasticsearch's names: `master` role,
+//! `cluster.initial_master_nodes`, `ES_PATH_CONF`, `ES_JAVA_OPTS`).
+//!
+//! 1. `es apply` → green: forced awareness over the three zones, each node's zone
+//!    attribute, every shard's three copies in three zones, the elected master and the
+//!    engine's version in `esfleet es status`.
+//! 5. `es restart` of every node: never red, never two nodes down, documents intact.
+//!
+//! Root only (`ESFLEET_ROOT_TESTS=1`); a missing engine fails the test (`scripts/test`
+//! builds it first).
+
+use std::time::{Duration, Instant};
+
+use esfleet_tests::engine::{boot_zones, cluster_toml_of, es8_home, sample_health, tally, Engine};
+use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
+
+use super::t88_real_engine::{apply_and_check, esfleet};
+
+#[test]
+fn a_real_elasticsearch_8_cluster_spans_zones_and_restarts_rolling() {
+    if skip_unless_root("t90_elasticsearch8::a_real_elasticsearch_8_cluster_spans_zones_and_restarts_rolling") {
+        return;
+    }
+    let engine = es8_home();
+    let _map_count = MaxMapCount::set(262_144);
+    let e = engine.display();
+    let c = boot_zones(&cluster_toml_of(
+        "elasticsearch",
+        &format!("runtime = \"plain\"\nexec = \"{e}/bin/elasticsearch\"\nconfig_template = \"{e}/config\""),
+        "",
+    ))
+    .unwrap();
+    let es = Engine {
+        c: &c,
+        from: "ctl".into(),
+        tls: None,
+    };
+
+    // 1. Apply: placed, formed, green, zone-safe; the CLI names Elasticsearch's version.
+    let a = apply_and_check(&c, &es);
+    let (ok, text) = esfleet(&c, &["es", "status", "logs"]);
+    assert!(
+        ok && text.contains("Elasticsearch") && text.contains("8.15.0"),
+        "{text}"
+    );
+    // The nodes run as the package's user, with Elasticsearch's role names.
+    let roles = es
+        .any(&a.everyone, "GET", "/_cat/nodes?format=json&h=name,node.role", None)
+        .unwrap();
+    for n in roles.as_array().unwrap() {
+        let (name, role) = (n["name"].as_str().unwrap(), n["node.role"].as_str().unwrap());
+        if name.contains("-m") {
+            assert_eq!(role, "m", "{roles}");
+        } else {
+            assert!(role.contains('d') && !role.contains('m'), "{roles}");
+        }
+    }
+
+    // 5. A rolling restart of every node.
+    let t = Instant::now();
+    let ((ok, text), statuses) = sample_health(&es, &a.everyone, Duration::from_millis(500), || {
+        let args = ["es", "restart", "logs", "--timeout", "180s", "--es-timeout", "180s"];
+        let host = c.control_host().unwrap();
+        let out = c.esfleet_within(&host, Duration::from_secs(900), &args).unwrap();
+        let text = format!("{}{}", out.stdout, out.stderr);
+        println!("$ esfleet {}\n{text}", args.join(" "));
+        (out.success(), text)
+    });
+    assert!(ok, "{text}");
+    println!(
+        "es restart of 6 Elasticsearch nodes: {:?}; health: {}",
+        t.elapsed(),
+        tally(&statuses)
+    );
+    assert!(
+        !statuses.iter().any(|s| s == "red"),
+        "red during the restart: {statuses:?}"
+    );
+    es.wait_status(
+        &a.everyone,
+        "green",
+        "green after the restart",
+        Duration::from_secs(120),
+    );
+    assert_eq!(es.count(&a.everyone, "docs").unwrap(), 200);
+    c.teardown().unwrap();
+}
