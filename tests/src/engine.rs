@@ -451,6 +451,40 @@ impl Engine<'_> {
     }
 }
 
+/// Runs `esfleet ARGS` in the control host (up to 15 minutes) while the health is sampled
+/// every 500 ms from `nodes`: (exited 0, its output, the samples, how long it took).
+pub fn esfleet_sampled(
+    c: &RealCluster,
+    e: &Engine<'_>,
+    nodes: &[Endpoint],
+    args: &[&str],
+) -> (bool, String, Vec<String>, Duration) {
+    let t = Instant::now();
+    let ((ok, text), statuses) = sample_health(e, nodes, Duration::from_millis(500), || {
+        let host = c.control_host().unwrap();
+        let out = c.esfleet_within(&host, Duration::from_secs(900), args).unwrap();
+        let text = format!("{}{}", out.stdout, out.stderr);
+        println!("$ esfleet {}\n{text}", args.join(" "));
+        (out.success(), text)
+    });
+    (ok, text, statuses, t.elapsed())
+}
+
+/// `esfleet es restart logs` of every node: it succeeds, no health sample is red, and the
+/// cluster ends green with `docs` documents in index `docs`.
+pub fn rolling_restart(c: &RealCluster, e: &Engine<'_>, nodes: &[Endpoint], what: &str, docs: u64) {
+    let args = ["es", "restart", "logs", "--timeout", "180s", "--es-timeout", "180s"];
+    let (ok, text, statuses, took) = esfleet_sampled(c, e, nodes, &args);
+    assert!(ok, "{text}");
+    println!("es restart of {what}: {took:?}; health: {}", tally(&statuses));
+    assert!(
+        !statuses.iter().any(|s| s == "red"),
+        "red during the restart: {statuses:?}"
+    );
+    e.wait_status(nodes, "green", "green after the restart", Duration::from_secs(120));
+    assert_eq!(e.count(nodes, "docs").unwrap(), docs);
+}
+
 /// Samples the cluster's health every `every` from `nodes` while `f` runs.
 pub fn sample_health<T>(
     e: &Engine<'_>,

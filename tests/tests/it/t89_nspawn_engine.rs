@@ -21,7 +21,9 @@
 
 use std::time::{Duration, Instant};
 
-use esfleet_tests::engine::{boot_zones, cluster_toml, image, sample_health, tally, zone_of, Endpoint, Engine};
+use esfleet_tests::engine::{
+    boot_zones, cluster_toml, image, rolling_restart, sample_health, tally, zone_of, Endpoint, Engine,
+};
 use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
 
 use esfleet_tests::realcluster::wait_for;
@@ -121,32 +123,7 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
         a.at.iter()
             .map(|(u, h)| c.unit_times(h, u).unwrap().active_enter_us)
             .collect();
-    let t = Instant::now();
-    let ((ok, text), statuses) = sample_health(&os, &a.everyone, Duration::from_millis(500), || {
-        let args = ["es", "restart", "logs", "--timeout", "180s", "--es-timeout", "180s"];
-        let host = c.control_host().unwrap();
-        let out = c.esfleet_within(&host, Duration::from_secs(900), &args).unwrap();
-        let text = format!("{}{}", out.stdout, out.stderr);
-        println!("$ esfleet {}\n{text}", args.join(" "));
-        (out.success(), text)
-    });
-    assert!(ok, "{text}");
-    println!(
-        "es restart of 6 nspawn nodes: {:?}; health: {}",
-        t.elapsed(),
-        tally(&statuses)
-    );
-    assert!(
-        !statuses.iter().any(|s| s == "red"),
-        "red during the restart: {statuses:?}"
-    );
-    os.wait_status(
-        &a.everyone,
-        "green",
-        "green after the restart",
-        Duration::from_secs(120),
-    );
-    assert_eq!(os.count(&a.everyone, "docs").unwrap(), 200);
+    rolling_restart(&c, &os, &a.everyone, "6 nspawn nodes", 200);
     // Every node was restarted, and each stop was the engine's own clean shutdown: the
     // stub init handed it SIGTERM (a SIGKILL leaves no "closed" line).
     for ((u, h), was) in a.at.iter().zip(before) {

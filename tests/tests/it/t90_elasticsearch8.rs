@@ -18,9 +18,11 @@
 //! Root only (`ESFLEET_ROOT_TESTS=1`); a missing engine fails the test (`scripts/test`
 //! builds it first).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use esfleet_tests::engine::{boot_zones, cluster_toml_of, es8_home, sample_health, tally, zone_of, Engine};
+use esfleet_tests::engine::{
+    boot_zones, cluster_toml_of, es8_home, esfleet_sampled, rolling_restart, tally, zone_of, Engine,
+};
 use esfleet_tests::hosts::{skip_unless_root, MaxMapCount};
 
 use super::t88_real_engine::{apply_and_check, esfleet};
@@ -66,32 +68,7 @@ fn a_real_elasticsearch_8_cluster_spans_zones_and_restarts_rolling() {
     }
 
     // 5. A rolling restart of every node.
-    let t = Instant::now();
-    let ((ok, text), statuses) = sample_health(&es, &a.everyone, Duration::from_millis(500), || {
-        let args = ["es", "restart", "logs", "--timeout", "180s", "--es-timeout", "180s"];
-        let host = c.control_host().unwrap();
-        let out = c.esfleet_within(&host, Duration::from_secs(900), &args).unwrap();
-        let text = format!("{}{}", out.stdout, out.stderr);
-        println!("$ esfleet {}\n{text}", args.join(" "));
-        (out.success(), text)
-    });
-    assert!(ok, "{text}");
-    println!(
-        "es restart of 6 Elasticsearch nodes: {:?}; health: {}",
-        t.elapsed(),
-        tally(&statuses)
-    );
-    assert!(
-        !statuses.iter().any(|s| s == "red"),
-        "red during the restart: {statuses:?}"
-    );
-    es.wait_status(
-        &a.everyone,
-        "green",
-        "green after the restart",
-        Duration::from_secs(120),
-    );
-    assert_eq!(es.count(&a.everyone, "docs").unwrap(), 200);
+    rolling_restart(&c, &es, &a.everyone, "6 Elasticsearch nodes", 200);
 
     // 6. Four data nodes, then back to three.
     let toml = cluster_toml_of(
@@ -141,30 +118,20 @@ fn a_real_elasticsearch_8_cluster_spans_zones_and_restarts_rolling() {
     )
     .unwrap();
     es.wait_status(&a.everyone, "green", "green with two copies", Duration::from_secs(120));
-    let t = Instant::now();
-    let ((ok, text), statuses) = sample_health(&es, &a.everyone, Duration::from_millis(500), || {
-        let args = [
-            "es",
-            "scale-down",
-            "logs",
-            "--data",
-            "3",
-            "--timeout",
-            "180s",
-            "--es-timeout",
-            "180s",
-        ];
-        let out = c.esfleet_within(&ctl, Duration::from_secs(600), &args).unwrap();
-        let text = format!("{}{}", out.stdout, out.stderr);
-        println!("$ esfleet {}\n{text}", args.join(" "));
-        (out.success(), text)
-    });
+    let args = [
+        "es",
+        "scale-down",
+        "logs",
+        "--data",
+        "3",
+        "--timeout",
+        "180s",
+        "--es-timeout",
+        "180s",
+    ];
+    let (ok, text, statuses, took) = esfleet_sampled(&c, &es, &a.everyone, &args);
     assert!(ok, "{text}");
-    println!(
-        "es scale-down 4 → 3 data nodes: {:?}; health: {}",
-        t.elapsed(),
-        tally(&statuses)
-    );
+    println!("es scale-down 4 → 3 data nodes: {took:?}; health: {}", tally(&statuses));
     assert!(
         !statuses.iter().any(|s| s == "red"),
         "red during the scale-down: {statuses:?}"
