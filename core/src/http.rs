@@ -243,7 +243,7 @@ pub fn read_credentials(path: &Path, owner: Owner) -> Result<(String, String), S
             "credentials file {shown} can be read or written by others (mode {mode:04o}); chmod 600 it"
         ));
     }
-    let uid = rustix_uid();
+    let uid = process_uid();
     let want = match owner {
         Owner::Root => 0,
         Owner::CurrentUser => uid,
@@ -279,7 +279,7 @@ pub fn read_credentials(path: &Path, owner: Owner) -> Result<(String, String), S
 
 /// The uid of this process, from `/proc/self` (no libc call: the crate forbids unsafe and
 /// carries no system-call dependency).
-fn rustix_uid() -> u32 {
+fn process_uid() -> u32 {
     std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
