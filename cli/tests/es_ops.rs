@@ -1,11 +1,12 @@
-//! The health-gated Elasticsearch operations (`esfleet_cli::es::ops`) against a small fake
-//! Elasticsearch served over real HTTP on loopback (only the endpoints the operations call)
-//! and a fake esfleet ([`FleetOps`]) that stops, starts and destroys "nodes" in the same
-//! simulated world. The world keeps a shard model (primaries, replicas, allocation setting,
-//! exclusions), so health turns yellow or red the way Elasticsearch's would, and records
-//! every state-changing call in one ordered log.
+//! The health-gated Elasticsearch operations (`esfleet_cli::es::ops`) against the project's
+//! one Elasticsearch stand-in (`esfleet_tests::es_standin`), served over real HTTP on
+//! loopback, and a fake esfleet ([`FleetOps`]) that stops, starts and destroys the
+//! stand-in's node processes. The stand-in's clock moves one step per request (and step by
+//! step while a request waits), so the tests are deterministic and fast while the cluster
+//! forms, recovers, relocates and turns yellow or red by the model's rules. Every
+//! state-changing call, fleet's and Elasticsearch's, lands in one ordered log.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -13,54 +14,58 @@ use esfleet_cli::es::http::EsHttp;
 use esfleet_cli::es::ops::{self, FleetOps, OpsError, Target, UnitView, Waits};
 use esfleet_core::es::{parse_spec, ClusterRecord, Role};
 use esfleet_core::UnitName;
+use esfleet_tests::es_standin::api::es_error;
+use esfleet_tests::es_standin::http::{self as standin_http, split_target, Request, Response};
+use esfleet_tests::es_standin::model::{ModelConfig, NodeInfo};
+use esfleet_tests::es_standin::sim::{self, body_of, Sim, STEP_MS};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
-#[derive(Debug, Clone)]
-struct Copy {
-    index: String,
-    shard: u32,
-    primary: bool,
-    node: Option<String>,
-}
+/// Fast recoveries (five requests' worth of model time) keep the tests short.
+const CFG: ModelConfig = ModelConfig {
+    recovery_ms: 500,
+    fault_detect_ms: 1500,
+};
 
-#[derive(Default)]
 struct World {
+    sim: Sim,
     /// Every state-changing call, fleet's and Elasticsearch's, in order.
     log: Vec<String>,
     /// unit → desired state (`launched`/`loaded`); absent: destroyed.
     units: BTreeMap<String, String>,
-    /// Node names in the cluster (`_cat/nodes`).
-    up: BTreeSet<String>,
-    /// Started nodes that join after this many more `_cat/nodes` reads.
-    joining: BTreeMap<String, u32>,
-    rejoin_polls: u32,
-    data: BTreeSet<String>,
-    masters: BTreeSet<String>,
-    elected: String,
-    copies: Vec<Copy>,
-    replicas: u32,
-    settings: BTreeMap<String, Value>,
-    transient: BTreeMap<String, Value>,
-    voting_exclusions: BTreeSet<String>,
-    /// A hidden index's replica count (listed by `_cat/indices` only with `expand_wildcards=all`).
-    hidden_replicas: Option<u32>,
+    /// unit → its node process's identity (a fresh node id means an empty data dir).
+    procs: BTreeMap<String, NodeInfo>,
+    /// Started nodes never join (their process hangs before joining).
+    no_rejoin: bool,
     /// `(after, node)`: on the first green health answer once `after` is in the log and
-    /// allocation is back to normal, `node` crashes and comes back empty.
+    /// allocation is back to normal, `node` crashes and comes back with an empty data dir.
     crash: Option<(String, String)>,
-    /// Health answers left during which the allocator is slow (copies stay unassigned).
-    recovering: u32,
+    /// Model time of that crash.
+    crashed_at: Option<u64>,
     /// Nodes stopped while the cluster was not green.
     stopped_not_green: Vec<String>,
     /// `"stop <unit>"` etc. → the error the fake esfleet answers instead.
     fleet_fails: BTreeMap<String, String>,
-    /// The voting exclusion request fails (after adding the exclusion, as a timeout can).
+    /// The voting exclusion request fails after the exclusion was added, as a timeout can.
     exclusion_fails: bool,
-    /// Overrides the computed health (e.g. an index of someone else's is yellow).
-    force_status: Option<String>,
-    max_down: usize,
-    saw_red: bool,
+}
+
+fn node_of(unit: &str) -> String {
+    // logs-d@3.service → logs-d3
+    let (p, rest) = unit.split_once('@').unwrap();
+    format!("{p}{}", rest.trim_end_matches(".service"))
+}
+
+fn request(method: &str, target: &str, body: &str) -> Request {
+    let (path, query) = split_target(target);
+    Request {
+        method: method.into(),
+        target: target.into(),
+        path,
+        query,
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    }
 }
 
 impl World {
@@ -68,135 +73,151 @@ impl World {
         self.log.push(s.into());
     }
 
-    fn node_of(unit: &str) -> String {
-        // logs-d@3.service → logs-d3
-        let (p, rest) = unit.split_once('@').unwrap();
-        format!("{p}{}", rest.trim_end_matches(".service"))
+    /// A request straight to the stand-in (not logged): (status, body).
+    fn es(&mut self, method: &str, target: &str, body: &str) -> (u16, Value) {
+        let r = self.sim.rest(&request(method, target, body));
+        (r.status, body_of(&r))
     }
 
-    fn down_count(&self) -> usize {
-        self.units
-            .keys()
-            .filter(|u| !self.up.contains(&Self::node_of(u)))
-            .count()
+    fn put_setting(&mut self, scope: &str, key: &str, value: Value) {
+        let (s, b) = self.es(
+            "PUT",
+            "/_cluster/settings",
+            &json!({ scope: { key: value } }).to_string(),
+        );
+        assert_eq!(s, 200, "{b}");
     }
 
-    fn leave(&mut self, node: &str) {
-        self.up.remove(node);
-        self.joining.remove(node);
-        for c in self.copies.iter_mut().filter(|c| c.node.as_deref() == Some(node)) {
-            c.node = None;
+    /// The health status now, or why there is none.
+    fn status_now(&mut self) -> String {
+        match self.es("GET", "/_cluster/health", "") {
+            (200, b) => b["status"].as_str().unwrap_or("?").to_string(),
+            (s, b) => format!("{s} {b}"),
         }
-        // A lost primary's replica is promoted, as Elasticsearch does.
-        let groups: BTreeSet<(String, u32)> = self.copies.iter().map(|c| (c.index.clone(), c.shard)).collect();
-        for (i, s) in groups {
-            let has_primary = self
-                .copies
-                .iter()
-                .any(|c| c.index == i && c.shard == s && c.primary && c.node.is_some());
-            if !has_primary {
-                let (mut a, mut b) = (None, None);
-                for (k, c) in self.copies.iter().enumerate() {
-                    if c.index == i && c.shard == s {
-                        if c.primary {
-                            a = Some(k);
-                        } else if c.node.is_some() && b.is_none() {
-                            b = Some(k);
-                        }
+    }
+
+    /// Lets model time pass until the cluster is green with nothing moving.
+    fn settle(&mut self) {
+        let (s, b) = self.es(
+            "GET",
+            "/_cluster/health?wait_for_status=green&wait_for_no_relocating_shards=true&wait_for_no_initializing_shards=true&timeout=60s",
+            "",
+        );
+        assert_eq!(s, 200, "not settled: {b}");
+    }
+
+    fn start_node(&mut self, unit: &str) {
+        let info = self.procs.get_mut(unit).expect("a known unit");
+        info.incarnation += 1;
+        let info = info.clone();
+        self.sim.start(&info);
+    }
+
+    fn stop_node(&mut self, unit: &str) {
+        let name = node_of(unit);
+        if self.sim.up.iter().any(|n| n.node_name == name) {
+            self.sim.stop(&name);
+        }
+    }
+
+    /// The unit was stopped (or destroyed) by someone else before the test.
+    fn gone_before(&mut self, unit: &str, destroyed: bool) {
+        self.stop_node(unit);
+        if destroyed {
+            self.units.remove(unit);
+        } else {
+            self.units.insert(unit.into(), "loaded".into());
+        }
+    }
+
+    fn allocation_setting(&self) -> Option<&Value> {
+        let c = self.sim.cluster();
+        let k = "cluster.routing.allocation.enable";
+        c.transient.get(k).or(c.persistent.get(k))
+    }
+
+    fn exclusions(&self) -> Vec<String> {
+        self.sim
+            .cluster()
+            .exclusions
+            .iter()
+            .map(|e| e.node_name.clone())
+            .collect()
+    }
+
+    /// Names in the voting configuration, sorted.
+    fn voting_names_now(&self) -> Vec<String> {
+        let mut v = self.sim.voting_names();
+        v.sort();
+        v
+    }
+
+    fn saw_red(&self) -> bool {
+        self.sim.statuses_seen().contains("red")
+    }
+
+    fn max_down(&self) -> usize {
+        self.sim.m.max_nodes_down_at_once
+    }
+
+    /// Elasticsearch's side of one HTTP request: the clock moves one step, state-changing
+    /// requests are logged, and the failures set up are injected.
+    fn answer(&mut self, req: Request) -> Response {
+        self.sim.advance(STEP_MS);
+        let voting = req.path == "/_cluster/voting_config_exclusions";
+        match (req.method.as_str(), req.path.as_str()) {
+            ("PUT", "/_cluster/settings") => {
+                let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+                for scope in ["persistent", "transient"] {
+                    let prefix = if scope == "persistent" { "" } else { "transient " };
+                    for (k, v) in body.get(scope).and_then(Value::as_object).into_iter().flatten() {
+                        self.note(format!("ES {prefix}{k}={v}"));
                     }
                 }
-                if let (Some(a), Some(b)) = (a, b) {
-                    self.copies[a].primary = false;
-                    self.copies[b].primary = true;
+            }
+            ("POST", _) if voting => {
+                let name = req.query.get("node_names").cloned().unwrap_or_default();
+                self.note(format!("ES voting exclusion {name}"));
+            }
+            ("DELETE", _) if voting => {
+                if req.query.get("wait_for_removal").is_some_and(|v| v == "false") {
+                    self.note("ES clear voting exclusions (wait_for_removal=false)");
+                } else {
+                    self.note("ES clear voting exclusions");
                 }
             }
+            _ => {}
         }
-        self.max_down = self.max_down.max(self.down_count());
+        let resp = self.sim.rest(&req);
+        if req.method == "POST" && voting && self.exclusion_fails {
+            let reason = "failed to process cluster event within 30s";
+            return Response::json(503, &es_error(503, "process_cluster_event_timeout_exception", reason));
+        }
+        if req.path == "/_cluster/health" && body_of(&resp)["status"] == "green" {
+            self.maybe_crash();
+        }
+        resp
     }
 
-    fn excluded(&self) -> Vec<String> {
-        self.settings
-            .get("cluster.routing.allocation.exclude._name")
-            .and_then(Value::as_str)
-            .map(|v| v.split(',').map(|x| x.trim().to_string()).collect())
-            .unwrap_or_default()
-    }
-
-    fn eligible(&self, index: &str, shard: u32, not: Option<&str>) -> Option<String> {
-        let held: BTreeSet<&str> = self
-            .copies
-            .iter()
-            .filter(|c| c.index == index && c.shard == shard)
-            .filter_map(|c| c.node.as_deref())
-            .collect();
-        self.data
-            .iter()
-            .filter(|n| self.up.contains(*n) && !held.contains(n.as_str()) && Some(n.as_str()) != not)
-            .find(|n| !self.excluded().contains(n))
-            .cloned()
-    }
-
-    /// Elasticsearch's allocator, one pass: unassigned copies go to eligible data nodes
-    /// (replicas only when allocation is not `primaries`).
-    fn allocate(&mut self) {
-        let primaries_only = self.settings.get("cluster.routing.allocation.enable") == Some(&json!("primaries"));
-        for k in 0..self.copies.len() {
-            let c = self.copies[k].clone();
-            if c.node.is_some() || (primaries_only && !c.primary) {
-                continue;
-            }
-            // An unassigned primary with no copy left cannot be recovered from anywhere.
-            if c.primary {
-                continue;
-            }
-            if let Some(n) = self.eligible(&c.index, c.shard, None) {
-                self.copies[k].node = Some(n);
-            }
+    fn maybe_crash(&mut self) {
+        let due = match &self.crash {
+            Some((after, _)) => self.log.contains(after) && self.allocation_setting().is_none(),
+            None => false,
+        };
+        if !due {
+            return;
         }
-    }
-
-    /// Moves one copy off the excluded node, if any.
-    fn relocate_one(&mut self) {
-        let excluded = self.excluded();
-        let on_excluded = |c: &Copy| c.node.as_ref().is_some_and(|n| excluded.contains(n));
-        if let Some(k) = self.copies.iter().position(on_excluded) {
-            let c = self.copies[k].clone();
-            if let Some(n) = self.eligible(&c.index, c.shard, c.node.as_deref()) {
-                self.copies[k].node = Some(n);
-            }
-        }
-    }
-
-    fn status(&mut self) -> String {
-        if self.recovering > 0 {
-            self.recovering -= 1;
-        } else {
-            self.allocate();
-        }
-        self.computed_status()
-    }
-
-    /// Health from where the copies are now (no allocation pass).
-    fn computed_status(&mut self) -> String {
-        let groups: BTreeSet<(String, u32)> = self.copies.iter().map(|c| (c.index.clone(), c.shard)).collect();
-        let mut status = "green";
-        for (i, s) in groups {
-            let assigned = self
-                .copies
-                .iter()
-                .filter(|c| c.index == i && c.shard == s && c.node.is_some())
-                .count();
-            let total = self.copies.iter().filter(|c| c.index == i && c.shard == s).count();
-            if assigned == 0 {
-                status = "red";
-            } else if assigned < total && status == "green" {
-                status = "yellow";
-            }
-        }
-        if status == "red" {
-            self.saw_red = true;
-        }
-        self.force_status.clone().unwrap_or_else(|| status.to_string())
+        // After this answer the node crashes and its service brings it straight back with
+        // an empty data dir (a new node id); its copies must be rebuilt from the others.
+        let (_, node) = self.crash.take().unwrap();
+        let unit = self.procs.keys().find(|u| node_of(u) == node).cloned().unwrap();
+        self.note(format!("crash {node}: back empty"));
+        self.stop_node(&unit);
+        let info = self.procs.get_mut(&unit).unwrap();
+        info.node_id = format!("{}-again", info.node_id);
+        info.path_data = format!("{}-again", info.path_data);
+        self.start_node(&unit);
+        self.crashed_at = Some(self.sim.now);
     }
 }
 
@@ -208,264 +229,59 @@ fn spec_toml(masters: u32, data: u32) -> String {
     )
 }
 
-/// A world with `masters` + `data` nodes all up, 2 indices × 2 shards × (1 + replicas).
+/// A formed, green cluster of `masters` + `data` nodes (zones a, b, c round-robin, forced
+/// awareness on zone), with indices `a-logs` and `b-logs` of 2 shards × (1 + `replicas`).
 fn world(masters: u32, data: u32, replicas: u32) -> (Shared, ClusterRecord) {
     let spec = parse_spec(&spec_toml(masters, data)).expect("a valid spec");
     let record = ClusterRecord {
         spec,
         bootstrapped: true,
     };
+    let ms = sim::masters(masters as usize, true);
+    let ds = sim::data(data as usize, &ms);
     let mut w = World {
-        replicas,
-        rejoin_polls: 2,
-        ..Default::default()
+        sim: Sim::new(CFG),
+        log: vec![],
+        units: BTreeMap::new(),
+        procs: BTreeMap::new(),
+        no_rejoin: false,
+        crash: None,
+        crashed_at: None,
+        stopped_not_green: vec![],
+        fleet_fails: BTreeMap::new(),
+        exclusion_fails: false,
     };
     for n in ops::nodes(&record) {
+        let info = ms
+            .iter()
+            .chain(&ds)
+            .find(|i| i.node_name == n.name)
+            .expect("a node per unit");
         w.units.insert(n.unit.to_string(), "launched".into());
-        w.up.insert(n.name.clone());
-        match n.role {
-            Role::Master => w.masters.insert(n.name.clone()),
-            _ => w.data.insert(n.name.clone()),
-        };
+        w.procs.insert(n.unit.to_string(), info.clone());
+        w.sim.start(info);
     }
-    w.elected = "logs-m1".into();
-    let data: Vec<String> = w.data.iter().cloned().collect();
-    let mut k = 0;
+    w.sim.advance(10 * STEP_MS);
     for index in ["a-logs", "b-logs"] {
-        for shard in 0..2 {
-            for copy in 0..=replicas {
-                w.copies.push(Copy {
-                    index: index.into(),
-                    shard,
-                    primary: copy == 0,
-                    node: Some(data[k % data.len()].clone()),
-                });
-                k += 1;
-            }
-        }
+        let body = json!({"settings": {"number_of_shards": 2, "number_of_replicas": replicas}});
+        let (s, b) = w.es("PUT", &format!("/{index}"), &body.to_string());
+        assert_eq!(s, 200, "{b}");
     }
+    w.settle();
+    assert_eq!(w.sim.member_names().len(), (masters + data) as usize);
     (Arc::new(Mutex::new(w)), record)
 }
 
-// ---- the fake Elasticsearch ----
-
+/// Serves the world's Elasticsearch on loopback; the address.
 async fn serve(world: Shared) -> String {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap().to_string();
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            let world = world.clone();
-            tokio::spawn(async move {
-                let mut r = BufReader::new(s);
-                let mut line = String::new();
-                if r.read_line(&mut line).await.is_err() {
-                    return;
-                }
-                let mut parts = line.split_whitespace();
-                let (method, target) = (
-                    parts.next().unwrap_or("").to_string(),
-                    parts.next().unwrap_or("").to_string(),
-                );
-                let mut len = 0;
-                loop {
-                    let mut h = String::new();
-                    r.read_line(&mut h).await.unwrap();
-                    let h = h.trim_end();
-                    if h.is_empty() {
-                        break;
-                    }
-                    if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).await.unwrap();
-                let body: Value = if body.is_empty() {
-                    Value::Null
-                } else {
-                    serde_json::from_slice(&body).unwrap()
-                };
-                let (status, answer) = handle(&world, &method, &target, body);
-                let text = answer.to_string();
-                let reply = format!(
-                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{text}",
-                    text.len()
-                );
-                let mut s = r.into_inner();
-                let _ = s.write_all(reply.as_bytes()).await;
-                let _ = s.shutdown().await;
-            });
-        }
-    });
+    let handler = move |req: Request| {
+        let world = world.clone();
+        async move { world.lock().unwrap().answer(req) }
+    };
+    tokio::spawn(standin_http::serve(l, handler, std::future::pending()));
     addr
-}
-
-fn handle(world: &Shared, method: &str, target: &str, body: Value) -> (u16, Value) {
-    let mut w = world.lock().unwrap();
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let has_master = w.up.iter().any(|n| w.masters.contains(n));
-    match (method, path) {
-        ("GET", "/") => (200, json!({"cluster_name": "logs", "version": {"number": "8.15.0"}})),
-        ("GET", "/_cluster/health") => {
-            if !has_master {
-                return (
-                    503,
-                    json!({"error": {"type": "master_not_discovered_exception", "reason": "no master"}, "status": 503}),
-                );
-            }
-            let status = w.status();
-            let crash_now = match &w.crash {
-                Some((after, _)) => {
-                    status == "green"
-                        && w.log.contains(after)
-                        && !w.settings.contains_key("cluster.routing.allocation.enable")
-                }
-                None => false,
-            };
-            if crash_now {
-                // After this answer: the node crashes and its service brings it straight
-                // back, with no data; its copies take a while to rebuild.
-                let (_, node) = w.crash.take().unwrap();
-                w.note(format!("crash {node}: back empty"));
-                w.leave(&node);
-                w.up.insert(node);
-                w.recovering = 5;
-            }
-            let unassigned = w.copies.iter().filter(|c| c.node.is_none()).count();
-            let want_green = query.contains("wait_for_status=green");
-            let timed_out = want_green && status != "green";
-            (
-                if timed_out { 408 } else { 200 },
-                json!({"status": status, "number_of_nodes": w.up.len(), "unassigned_shards": unassigned, "timed_out": timed_out}),
-            )
-        }
-        ("GET", "/_cluster/settings") => {
-            let flat: serde_json::Map<String, Value> = w.settings.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let transient: serde_json::Map<String, Value> =
-                w.transient.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-            (200, json!({"persistent": flat, "transient": transient}))
-        }
-        ("PUT", "/_cluster/settings") => {
-            for scope in ["persistent", "transient"] {
-                let Some(set) = body.get(scope).and_then(Value::as_object) else {
-                    continue;
-                };
-                for (k, v) in set {
-                    let (prefix, map) = if scope == "persistent" {
-                        ("", &mut w.settings)
-                    } else {
-                        ("transient ", &mut w.transient)
-                    };
-                    if v.is_null() {
-                        map.remove(k);
-                    } else {
-                        map.insert(k.clone(), v.clone());
-                    }
-                    w.note(format!("ES {prefix}{k}={v}"));
-                }
-            }
-            (200, json!({"acknowledged": true}))
-        }
-        ("GET", "/_cat/nodes") => {
-            // Started nodes join after a few looks.
-            let ready: Vec<String> = w
-                .joining
-                .iter_mut()
-                .filter_map(|(n, left)| {
-                    if *left == 0 {
-                        Some(n.clone())
-                    } else {
-                        *left -= 1;
-                        None
-                    }
-                })
-                .collect();
-            for n in ready {
-                w.joining.remove(&n);
-                w.up.insert(n);
-            }
-            let rows: Vec<Value> = w
-                .up
-                .iter()
-                .map(|n| {
-                    json!({"name": n, "ip": "127.0.0.1", "node.role": if w.masters.contains(n) { "m" } else { "di" },
-                           "master": if *n == w.elected { "*" } else { "-" }})
-                })
-                .collect();
-            (200, Value::Array(rows))
-        }
-        ("GET", "/_cat/shards") => {
-            w.relocate_one();
-            let rows: Vec<Value> = w
-                .copies
-                .iter()
-                .map(|c| {
-                    json!({"index": c.index, "shard": c.shard.to_string(), "prirep": if c.primary { "p" } else { "r" },
-                           "state": if c.node.is_some() { "STARTED" } else { "UNASSIGNED" }, "node": c.node})
-                })
-                .collect();
-            (200, Value::Array(rows))
-        }
-        ("GET", "/_cat/indices") => {
-            let rep = w.replicas.to_string();
-            let mut rows = vec![
-                json!({"index": "a-logs", "health": "green", "rep": rep}),
-                json!({"index": "b-logs", "health": "green", "rep": rep}),
-            ];
-            if let Some(r) = w.hidden_replicas.filter(|_| query.contains("expand_wildcards=all")) {
-                rows.push(json!({"index": ".ds-metrics-000001", "health": "green", "rep": r.to_string()}));
-            }
-            (200, Value::Array(rows))
-        }
-        ("GET", "/_nodes") => {
-            let nodes: serde_json::Map<String, Value> =
-                w.up.iter().map(|n| (format!("id-{n}"), json!({"name": n}))).collect();
-            (200, json!({ "nodes": nodes }))
-        }
-        ("GET", "/_cluster/state/metadata") => {
-            let config: Vec<String> = w
-                .masters
-                .iter()
-                .filter(|m| !w.voting_exclusions.contains(*m))
-                .map(|m| format!("id-{m}"))
-                .collect();
-            let excl: Vec<Value> = w
-                .voting_exclusions
-                .iter()
-                .map(|m| json!({"node_id": format!("id-{m}"), "node_name": m}))
-                .collect();
-            (
-                200,
-                json!({"metadata": {"cluster_coordination": {"last_committed_config": config, "voting_config_exclusions": excl}}}),
-            )
-        }
-        ("POST", "/_cluster/voting_config_exclusions") => {
-            let name = query.strip_prefix("node_names=").unwrap().to_string();
-            w.note(format!("ES voting exclusion {name}"));
-            w.voting_exclusions.insert(name);
-            if w.exclusion_fails {
-                return (
-                    503,
-                    json!({"error": {"type": "process_cluster_event_timeout_exception", "reason": "timed out"}, "status": 503}),
-                );
-            }
-            (200, Value::Null)
-        }
-        ("DELETE", "/_cluster/voting_config_exclusions") => {
-            if query.contains("wait_for_removal=false") {
-                w.note("ES clear voting exclusions (wait_for_removal=false)");
-            } else {
-                w.note("ES clear voting exclusions");
-            }
-            w.voting_exclusions.clear();
-            (200, Value::Null)
-        }
-        _ => (
-            404,
-            json!({"error": {"type": "no_handler", "reason": format!("{method} {target}")}, "status": 404}),
-        ),
-    }
 }
 
 // ---- the fake esfleet ----
@@ -522,11 +338,11 @@ impl FleetOps for FakeFleet {
         let mut w = self.world.lock().unwrap();
         fail(&mut w, "stop", unit)?;
         w.note(format!("fleet stop {unit}"));
-        if w.computed_status() != "green" {
+        if w.status_now() != "green" {
             w.stopped_not_green.push(unit.to_string());
         }
         w.units.insert(unit.to_string(), "loaded".into());
-        w.leave(&World::node_of(unit.as_str()));
+        w.stop_node(unit.as_str());
         Ok(())
     }
 
@@ -540,8 +356,9 @@ impl FleetOps for FakeFleet {
         fail(&mut w, "start", unit)?;
         w.note(format!("fleet start {unit}"));
         w.units.insert(unit.to_string(), "launched".into());
-        let polls = w.rejoin_polls;
-        w.joining.insert(World::node_of(unit.as_str()), polls);
+        if !w.no_rejoin {
+            w.start_node(unit.as_str());
+        }
         Ok(())
     }
 
@@ -550,10 +367,7 @@ impl FleetOps for FakeFleet {
         fail(&mut w, "destroy", unit)?;
         w.note(format!("fleet destroy {unit}"));
         w.units.remove(unit.as_str());
-        let node = World::node_of(unit.as_str());
-        w.leave(&node);
-        w.data.remove(&node);
-        w.masters.remove(&node);
+        w.stop_node(unit.as_str());
         Ok(())
     }
 
@@ -629,9 +443,10 @@ async fn rolling_restart_one_node_at_a_time_masters_last_elected_last() {
     }
     assert_eq!(log(&world), want);
     let w = world.lock().unwrap();
-    assert_eq!(w.max_down, 1, "never more than one node down");
-    assert!(!w.saw_red, "never red");
-    assert_eq!(w.up.len(), 6);
+    assert_eq!(w.max_down(), 1, "never more than one node down");
+    assert!(!w.saw_red(), "never red");
+    assert!(w.stopped_not_green.is_empty(), "{:?}", w.stopped_not_green);
+    assert_eq!(w.sim.member_names().len(), 6);
 }
 
 #[tokio::test]
@@ -639,10 +454,8 @@ async fn an_interrupted_restart_resumes_by_resetting_allocation_and_starting_the
     let (world, fleet, http, target) = setup(3, 3, 1).await;
     {
         let mut w = world.lock().unwrap();
-        w.settings
-            .insert("cluster.routing.allocation.enable".into(), json!("primaries"));
-        w.units.insert("logs-d@2.service".into(), "loaded".into());
-        w.leave("logs-d2");
+        w.put_setting("persistent", "cluster.routing.allocation.enable", json!("primaries"));
+        w.gone_before("logs-d@2.service", false);
     }
     ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap();
     let l = log(&world);
@@ -651,7 +464,7 @@ async fn an_interrupted_restart_resumes_by_resetting_allocation_and_starting_the
     // Then the full round, from the first node.
     assert_eq!(l[3..8], node_steps("logs-d@1.service")[..]);
     assert_eq!(l.len(), 3 + 6 * 5);
-    assert!(!world.lock().unwrap().saw_red);
+    assert!(!world.lock().unwrap().saw_red());
 }
 
 #[tokio::test]
@@ -661,9 +474,9 @@ async fn a_restart_never_stops_a_node_while_another_is_missing() {
         let mut w = world.lock().unwrap();
         // logs-d3's unit runs, but the node is not in the cluster (it crashed and systemd
         // has not noticed, or it cannot join).
-        w.leave("logs-d3");
+        w.stop_node("logs-d@3.service");
         // Allocation puts its copies elsewhere: green again.
-        w.allocate();
+        w.settle();
     }
     let waits = Waits {
         timeout: Duration::from_millis(300),
@@ -701,12 +514,11 @@ async fn data_scale_down_moves_shards_off_first_and_refuses_at_the_replicas_rule
             "fleet store masters=3 data=3",
         ]
     );
-    let w = world.lock().unwrap();
-    assert!(!w.saw_red, "never red");
-    assert!(w
-        .copies
-        .iter()
-        .all(|c| c.node.is_some() && c.node.as_deref() != Some("logs-d4")));
+    let mut w = world.lock().unwrap();
+    assert!(!w.saw_red(), "never red");
+    assert_eq!(w.status_now(), "green");
+    let copies = w.sim.copies();
+    assert!(copies.iter().flatten().all(|c| c.0 != "logs-d4"), "{copies:?}");
     assert_eq!(target.record.spec.data.count, 3);
     assert_eq!(target.revision, 8);
 }
@@ -714,7 +526,14 @@ async fn data_scale_down_moves_shards_off_first_and_refuses_at_the_replicas_rule
 #[tokio::test]
 async fn data_scale_down_is_refused_unless_green() {
     let (world, fleet, http, mut target) = setup(3, 4, 1).await;
-    world.lock().unwrap().force_status = Some("yellow".into());
+    {
+        // Someone else's index asks for more copies than there are data nodes: yellow.
+        let mut w = world.lock().unwrap();
+        let (s, b) = w.es("PUT", "/other", r#"{"settings":{"number_of_replicas":4}}"#);
+        assert_eq!(s, 200, "{b}");
+        w.sim.advance(2000);
+        assert_eq!(w.status_now(), "yellow");
+    }
     let e = ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
         .unwrap_err();
@@ -741,18 +560,20 @@ async fn data_scale_down_several_nodes_one_at_a_time() {
             "fleet store masters=3 data=3",
         ]
     );
-    assert_eq!(world.lock().unwrap().max_down, 1);
+    // Each node left empty: a decommission, never a node down.
+    assert_eq!(world.lock().unwrap().max_down(), 0);
+    assert!(!world.lock().unwrap().saw_red());
     assert_eq!(fleet.stored.lock().unwrap().len(), 2);
 }
 
 #[tokio::test]
-async fn master_scale_down_uses_voting_exclusions_and_keeps_a_quorum() {
+async fn master_scale_down_uses_voting_exclusions_one_master_at_a_time() {
     let (world, fleet, http, mut target) = setup(3, 3, 1).await;
-    let e = ops::scale_down(&fleet, &http, &mut target, Role::Master, 1, &WAITS)
+    // Down to one master: once logs-m3 is excluded, Elasticsearch shrinks the voting
+    // configuration to the elected master alone, so logs-m2 can leave safely too.
+    ops::scale_down(&fleet, &http, &mut target, Role::Master, 1, &WAITS)
         .await
-        .unwrap_err();
-    assert!(e.to_string().contains("logs-m2 cannot be removed"), "{e}");
-    assert!(e.to_string().contains("below its quorum"), "{e}");
+        .unwrap();
     assert_eq!(
         log(&world),
         [
@@ -761,9 +582,39 @@ async fn master_scale_down_uses_voting_exclusions_and_keeps_a_quorum() {
             "fleet destroy logs-m@3.service",
             "ES clear voting exclusions",
             "fleet store masters=2 data=3",
+            "ES voting exclusion logs-m2",
+            "fleet stop logs-m@2.service",
+            "fleet destroy logs-m@2.service",
+            "ES clear voting exclusions",
+            "fleet store masters=1 data=3",
         ]
     );
-    assert_eq!(target.record.spec.master.count, 2);
+    assert_eq!(target.record.spec.master.count, 1);
+    let mut w = world.lock().unwrap();
+    assert_eq!(w.voting_names_now(), ["logs-m1"]);
+    assert_eq!(w.status_now(), "green");
+    assert!(!w.saw_red());
+}
+
+#[tokio::test]
+async fn master_scale_down_refuses_below_the_voting_quorum() {
+    let (world, fleet, http, mut target) = setup(3, 3, 1).await;
+    {
+        // logs-m2's process hangs: its unit runs, but it has left the cluster; the voting
+        // configuration keeps it (three voters, two live).
+        let mut w = world.lock().unwrap();
+        w.sim.kill("logs-m2");
+        w.sim.advance(3000);
+        assert_eq!(w.voting_names_now(), ["logs-m1", "logs-m2", "logs-m3"]);
+    }
+    let e = ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, OpsError::Refused(_)), "{e}");
+    assert!(e.to_string().contains("logs-m3 cannot be removed"), "{e}");
+    assert!(e.to_string().contains("below its quorum of 2"), "{e}");
+    assert!(log(&world).is_empty(), "nothing done: {:?}", log(&world));
+    assert_eq!(target.record.spec.master.count, 3);
 }
 
 #[tokio::test]
@@ -781,19 +632,14 @@ async fn a_scale_down_interrupted_after_the_destroy_only_records_the_count() {
     let (world, fleet, http, mut target) = setup(3, 4, 1).await;
     {
         let mut w = world.lock().unwrap();
-        w.settings
-            .insert("cluster.routing.allocation.exclude._name".into(), json!("logs-d4"));
         // The previous run moved the shards and destroyed the unit, then stopped.
-        for k in 0..w.copies.len() {
-            if w.copies[k].node.as_deref() == Some("logs-d4") {
-                let c = w.copies[k].clone();
-                let n = w.eligible(&c.index, c.shard, Some("logs-d4")).unwrap();
-                w.copies[k].node = Some(n);
-            }
-        }
-        w.units.remove("logs-d@4.service");
-        w.leave("logs-d4");
-        w.data.remove("logs-d4");
+        w.put_setting(
+            "persistent",
+            "cluster.routing.allocation.exclude._name",
+            json!("logs-d4"),
+        );
+        w.settle();
+        w.gone_before("logs-d@4.service", true);
     }
     ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
@@ -824,14 +670,23 @@ async fn a_restart_waits_for_green_before_each_stop_not_just_for_every_node_to_b
     let next_stop = l.iter().position(|x| x == "fleet stop logs-d@2.service").unwrap();
     assert!(crash < next_stop, "{l:?}");
     let w = world.lock().unwrap();
-    assert_eq!(w.recovering, 0, "the yellow spell was waited out");
+    let crashed_at = w.crashed_at.unwrap();
+    assert!(
+        w.sim
+            .m
+            .history
+            .iter()
+            .any(|h| h.t_ms >= crashed_at && h.status == "yellow"),
+        "the crash made the cluster yellow for a while: {:?}",
+        w.sim.m.history
+    );
     assert!(
         w.stopped_not_green.is_empty(),
         "stopped while not green: {:?}",
         w.stopped_not_green
     );
-    assert!(!w.saw_red, "never red");
-    assert_eq!(w.up.len(), 6);
+    assert!(!w.saw_red(), "never red");
+    assert_eq!(w.sim.member_names().len(), 6);
 }
 
 #[tokio::test]
@@ -857,13 +712,13 @@ async fn a_failed_stop_during_a_restart_resets_allocation() {
         ]
     );
     let w = world.lock().unwrap();
-    assert!(w.settings.is_empty() && w.transient.is_empty(), "{:?}", w.settings);
+    assert_eq!(w.allocation_setting(), None);
 }
 
 #[tokio::test]
 async fn a_node_that_does_not_rejoin_resets_allocation_and_the_restart_resumes() {
     let (world, fleet, http, target) = setup(3, 3, 1).await;
-    world.lock().unwrap().rejoin_polls = u32::MAX;
+    world.lock().unwrap().no_rejoin = true;
     let waits = Waits {
         timeout: Duration::from_millis(200),
         ..WAITS
@@ -874,19 +729,19 @@ async fn a_node_that_does_not_rejoin_resets_allocation_and_the_restart_resumes()
     assert!(msg.contains("cluster.routing.allocation.enable was reset"), "{msg}");
     {
         let mut w = world.lock().unwrap();
-        assert!(!w.settings.contains_key("cluster.routing.allocation.enable"));
+        assert_eq!(w.allocation_setting(), None);
         // With allocation back, the missing node's replicas are rebuilt on the others.
-        assert_eq!(w.status(), "green");
+        w.settle();
         // logs-d1 finally joins; the next run goes round the whole cluster.
-        w.rejoin_polls = 2;
-        w.joining.insert("logs-d1".into(), 0);
+        w.no_rejoin = false;
+        w.start_node("logs-d@1.service");
         w.log.clear();
     }
     ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap();
     let l = log(&world);
     assert_eq!(l[..2], RESET_ALLOCATION);
     assert_eq!(l.len(), 2 + 6 * 5, "{l:?}");
-    assert!(!world.lock().unwrap().saw_red);
+    assert!(!world.lock().unwrap().saw_red());
 }
 
 #[tokio::test]
@@ -895,8 +750,7 @@ async fn scale_down_refuses_while_allocation_is_restricted() {
     world
         .lock()
         .unwrap()
-        .transient
-        .insert("cluster.routing.allocation.enable".into(), json!("primaries"));
+        .put_setting("transient", "cluster.routing.allocation.enable", json!("primaries"));
     let e = ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
         .unwrap_err();
@@ -912,9 +766,8 @@ async fn scale_down_refuses_while_allocation_is_restricted() {
     // `all` is the default spelled out: fine.
     {
         let mut w = world.lock().unwrap();
-        w.transient.clear();
-        w.settings
-            .insert("cluster.routing.allocation.enable".into(), json!("all"));
+        w.put_setting("transient", "cluster.routing.allocation.enable", Value::Null);
+        w.put_setting("persistent", "cluster.routing.allocation.enable", json!("all"));
     }
     ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
@@ -947,7 +800,7 @@ async fn a_failed_master_stop_clears_the_voting_exclusion() {
             "ES clear voting exclusions (wait_for_removal=false)",
         ]
     );
-    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+    assert!(world.lock().unwrap().exclusions().is_empty());
     assert_eq!(target.record.spec.master.count, 3, "nothing recorded");
 
     // Fixed, the same command finishes the job.
@@ -956,7 +809,7 @@ async fn a_failed_master_stop_clears_the_voting_exclusion() {
         .await
         .unwrap();
     assert_eq!(target.record.spec.master.count, 2);
-    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+    assert!(world.lock().unwrap().exclusions().is_empty());
 }
 
 #[tokio::test]
@@ -974,7 +827,7 @@ async fn a_failed_voting_exclusion_request_is_cleared_too() {
             "ES clear voting exclusions (wait_for_removal=false)",
         ]
     );
-    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+    assert!(world.lock().unwrap().exclusions().is_empty());
 }
 
 #[tokio::test]
@@ -983,10 +836,9 @@ async fn a_master_scale_down_resumed_after_the_destroy_clears_the_stale_exclusio
     {
         let mut w = world.lock().unwrap();
         // The previous run excluded and destroyed logs-m3, then stopped before clearing.
-        w.voting_exclusions.insert("logs-m3".into());
-        w.units.remove("logs-m@3.service");
-        w.leave("logs-m3");
-        w.masters.remove("logs-m3");
+        let (s, b) = w.es("POST", "/_cluster/voting_config_exclusions?node_names=logs-m3", "");
+        assert_eq!(s, 200, "{b}");
+        w.gone_before("logs-m@3.service", true);
     }
     ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
         .await
@@ -998,13 +850,17 @@ async fn a_master_scale_down_resumed_after_the_destroy_clears_the_stale_exclusio
             "fleet store masters=2 data=3",
         ]
     );
-    assert!(world.lock().unwrap().voting_exclusions.is_empty());
+    assert!(world.lock().unwrap().exclusions().is_empty());
 }
 
 #[tokio::test]
 async fn a_master_scale_down_refuses_while_someone_elses_voting_exclusion_exists() {
     let (world, fleet, http, mut target) = setup(3, 3, 1).await;
-    world.lock().unwrap().voting_exclusions.insert("logs-m1".into());
+    let (s, b) = world
+        .lock()
+        .unwrap()
+        .es("POST", "/_cluster/voting_config_exclusions?node_names=logs-m1", "");
+    assert_eq!(s, 200, "{b}");
     let e = ops::scale_down(&fleet, &http, &mut target, Role::Master, 2, &WAITS)
         .await
         .unwrap_err();
@@ -1018,7 +874,11 @@ async fn a_master_scale_down_refuses_while_someone_elses_voting_exclusion_exists
 #[tokio::test]
 async fn a_restart_refuses_while_voting_exclusions_exist() {
     let (world, fleet, http, target) = setup(3, 3, 1).await;
-    world.lock().unwrap().voting_exclusions.insert("logs-m3".into());
+    let (s, b) = world
+        .lock()
+        .unwrap()
+        .es("POST", "/_cluster/voting_config_exclusions?node_names=logs-m3", "");
+    assert_eq!(s, 200, "{b}");
     let e = ops::restart(&fleet, &http, &target, &WAITS, false).await.unwrap_err();
     let msg = e.to_string();
     assert!(matches!(e, OpsError::Refused(_)), "{msg}");
@@ -1038,8 +898,7 @@ async fn data_scale_down_keeps_the_operators_allocation_exclusions() {
     world
         .lock()
         .unwrap()
-        .settings
-        .insert("cluster.routing.allocation.exclude._name".into(), json!("old-x"));
+        .put_setting("persistent", "cluster.routing.allocation.exclude._name", json!("old-x"));
     ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
         .unwrap();
@@ -1053,7 +912,7 @@ async fn data_scale_down_keeps_the_operators_allocation_exclusions() {
             "fleet store masters=3 data=3",
         ]
     );
-    assert!(!world.lock().unwrap().saw_red);
+    assert!(!world.lock().unwrap().saw_red());
 }
 
 #[tokio::test]
@@ -1061,20 +920,13 @@ async fn a_resumed_data_scale_down_takes_only_its_node_out_of_the_exclusions() {
     let (world, fleet, http, mut target) = setup(3, 4, 1).await;
     {
         let mut w = world.lock().unwrap();
-        w.settings.insert(
-            "cluster.routing.allocation.exclude._name".into(),
+        w.put_setting(
+            "persistent",
+            "cluster.routing.allocation.exclude._name",
             json!("old-x,logs-d4"),
         );
-        for k in 0..w.copies.len() {
-            if w.copies[k].node.as_deref() == Some("logs-d4") {
-                let c = w.copies[k].clone();
-                let n = w.eligible(&c.index, c.shard, Some("logs-d4")).unwrap();
-                w.copies[k].node = Some(n);
-            }
-        }
-        w.units.remove("logs-d@4.service");
-        w.leave("logs-d4");
-        w.data.remove("logs-d4");
+        w.settle();
+        w.gone_before("logs-d@4.service", true);
     }
     ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
@@ -1092,7 +944,13 @@ async fn a_resumed_data_scale_down_takes_only_its_node_out_of_the_exclusions() {
 async fn hidden_indices_count_for_the_replicas_rule() {
     let (world, fleet, http, mut target) = setup(3, 4, 1).await;
     // A hidden data stream backing index with 2 replicas needs all 4 data nodes.
-    world.lock().unwrap().hidden_replicas = Some(2);
+    {
+        let mut w = world.lock().unwrap();
+        let body = r#"{"settings":{"index.hidden":true,"number_of_replicas":2}}"#;
+        let (s, b) = w.es("PUT", "/.ds-metrics-000001", body);
+        assert_eq!(s, 200, "{b}");
+        w.settle();
+    }
     let e = ops::scale_down(&fleet, &http, &mut target, Role::Data, 3, &WAITS)
         .await
         .unwrap_err();

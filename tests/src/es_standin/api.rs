@@ -940,8 +940,13 @@ impl Model {
 
     fn cat_indices(&self, ci: usize, req: &Request) -> Response {
         let c = &self.clusters[ci];
+        // Hidden indices are listed only when asked for, as Elasticsearch does.
+        let with_hidden = req
+            .query
+            .get("expand_wildcards")
+            .is_some_and(|w| w.split(',').any(|x| x == "all" || x == "hidden"));
         let mut rows = vec![];
-        for (name, index) in &c.indices {
+        for (name, index) in c.indices.iter().filter(|(_, i)| with_hidden || !i.hidden) {
             let mut h = Health {
                 status: Status::Green,
                 number_of_nodes: 0,
@@ -1089,7 +1094,22 @@ impl Model {
             Ok(r) => r.unwrap_or(1),
             Err(resp) => return resp,
         };
+        let hidden = match settings.get("index.hidden").map(|v| as_list(v).join("")) {
+            None => false,
+            Some(v) if v == "true" => true,
+            Some(v) if v == "false" => false,
+            Some(v) => {
+                return error(
+                    400,
+                    "illegal_argument_exception",
+                    &format!("Failed to parse value [{v}] as only [true] or [false] are allowed."),
+                )
+            }
+        };
         self.create_index(ci, index, shards, replicas, now);
+        if let Some(i) = self.clusters[ci].indices.get_mut(index) {
+            i.hidden = hidden;
+        }
         Response::json(
             200,
             &json!({"acknowledged": true, "shards_acknowledged": true, "index": index}),

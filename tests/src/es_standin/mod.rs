@@ -6,6 +6,11 @@
 //! lost (issue 8: Elasticsearch cannot be installed on the test machines). It is never
 //! shipped; it lives only in the test crate.
 //!
+//! It is the project's only Elasticsearch fake: the `es_standin` binary serves it to the
+//! real-cluster tests, and [`sim::Sim`] drives the same model in one process for the unit
+//! tests here and the CLI's operation tests. Where the real engine (`tests/es-engine*`)
+//! showed the model wrong, the model was fixed and a test in `model_tests.rs` pins it.
+//!
 //! Two roles of the `es_standin` binary:
 //! - `es_standin model --listen ADDR`: one central process holding the whole simulated
 //!   cluster ([`model::Model`]), serving the node protocol and a test-only API under
@@ -39,6 +44,7 @@ pub mod http;
 pub mod model;
 pub mod node;
 pub mod server;
+pub mod sim;
 
 #[cfg(test)]
 mod process_tests;

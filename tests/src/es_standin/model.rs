@@ -149,6 +149,9 @@ pub struct Shard {
 pub struct Index {
     pub uuid: String,
     pub replicas: u32,
+    /// `index.hidden`: left out of `_cat/indices` unless `expand_wildcards` asks for it.
+    #[serde(default)]
+    pub hidden: bool,
     pub shards: Vec<Shard>,
 }
 
@@ -573,7 +576,11 @@ impl Model {
                 .cloned()
                 .collect();
             let live = live_in.len() + live_out.len();
-            let min_size = if c.voting.len() < 3 { 1 } else { 3 };
+            // Elasticsearch's Reconfigurator keeps at least 3 voters only while at least 3
+            // members of the current configuration are not excluded: excluding one of
+            // three masters shrinks the configuration to the master alone.
+            let not_retired_in_config = c.voting.iter().filter(|v| !retired.contains(v.as_str())).count();
+            let min_size = if not_retired_in_config < 3 { 1 } else { 3 };
             let target = (if live.is_multiple_of(2) {
                 live.saturating_sub(1)
             } else {
@@ -697,6 +704,7 @@ impl Model {
         let index = Index {
             uuid,
             replicas,
+            hidden: false,
             shards: (0..shards).map(|_| Shard::default()).collect(),
         };
         self.clusters[ci].indices.insert(name.to_string(), index);
