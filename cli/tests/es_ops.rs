@@ -100,7 +100,7 @@ impl World {
     fn settle(&mut self) {
         let (s, b) = self.es(
             "GET",
-            "/_cluster/health?wait_for_status=green&wait_for_no_relocating_shards=true&wait_for_no_initializing_shards=true&timeout=60s",
+            "/_cluster/health?wait_for_status=green&wait_for_no_relocating_shards=true&wait_for_no_initializing_shards=true&timeout=120s",
             "",
         );
         assert_eq!(s, 200, "not settled: {b}");

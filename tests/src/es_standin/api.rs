@@ -1106,9 +1106,16 @@ impl Model {
                 )
             }
         };
+        let delay = match delayed_timeout_of(&settings) {
+            Ok(d) => d,
+            Err(resp) => return resp,
+        };
         self.create_index(ci, index, shards, replicas, now);
         if let Some(i) = self.clusters[ci].indices.get_mut(index) {
             i.hidden = hidden;
+            if let Some(d) = delay {
+                i.delayed_timeout_ms = d;
+            }
         }
         Response::json(
             200,
@@ -1124,6 +1131,11 @@ impl Model {
         let Some(idx) = self.clusters[ci].indices.get_mut(index) else {
             return error(404, "index_not_found_exception", &format!("no such index [{index}]"));
         };
+        match delayed_timeout_of(&settings) {
+            Ok(Some(d)) => idx.delayed_timeout_ms = d,
+            Ok(None) => {}
+            Err(resp) => return resp,
+        }
         match replicas_of(&settings) {
             Ok(Some(r)) => {
                 idx.replicas = r;
@@ -1177,6 +1189,21 @@ fn index_settings(body: &[u8]) -> Result<BTreeMap<String, Value>, Response> {
             }
         })
         .collect())
+}
+
+/// `index.unassigned.node_left.delayed_timeout`, if given.
+fn delayed_timeout_of(settings: &BTreeMap<String, Value>) -> Result<Option<u64>, Response> {
+    let key = "index.unassigned.node_left.delayed_timeout";
+    match settings.get(key).map(|v| as_list(v).join("")) {
+        None => Ok(None),
+        Some(v) => parse_time_ms(&v).map(Some).ok_or_else(|| {
+            error(
+                400,
+                "illegal_argument_exception",
+                &format!("failed to parse setting [{key}] with value [{v}] as a time value"),
+            )
+        }),
+    }
 }
 
 fn replicas_of(settings: &BTreeMap<String, Value>) -> Result<Option<u32>, Response> {

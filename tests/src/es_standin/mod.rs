@@ -31,8 +31,10 @@
 //! Requests sent to the model directly are answered as the first cluster's master would.
 //!
 //! Simplified on purpose: no documents, no transport
-//! protocol (the port is only bound), no delayed allocation (`node_left.delayed_timeout`),
-//! no rebalancing (only moves off excluded nodes), only `exclude.*` filters, requests
+//! protocol (the port is only bound), no security (a secured real node answers 503 until
+//! its security index is ready; the stand-in never does), fault detection after
+//! `--fault-detect-ms` of silence (Elasticsearch: about 30 s for a host that vanishes, at
+//! once for a process whose connections close), no rebalancing (only moves off excluded nodes), only `exclude.*` filters, requests
 //! without a master answer 503 at once instead of after `master_timeout`, and a node is
 //! "down" in the history from the moment the model drops it until a node of the same name
 //! joins again (a node leaving gracefully with no shard copies and no vote is forgotten:

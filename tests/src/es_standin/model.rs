@@ -20,6 +20,8 @@ pub type ShardKey = (String, u32);
 const PLACEHOLDER: &str = "{bootstrap-placeholder}-";
 /// `cluster.routing.allocation.node_concurrent_incoming_recoveries`' default.
 const MAX_INCOMING_RECOVERIES: usize = 2;
+/// `index.unassigned.node_left.delayed_timeout`'s default.
+pub const DEFAULT_DELAYED_TIMEOUT_MS: u64 = 60_000;
 
 /// What a node tells the model about itself every heartbeat (from its `elasticsearch.yml`,
 /// its seed file and its data directory).
@@ -143,6 +145,10 @@ pub struct Copy {
 pub struct Shard {
     pub copies: Vec<Copy>,
     pub ever_allocated: bool,
+    /// Delayed allocation: `(node id, until)` for a copy lost when that node left. Until
+    /// then the copy is rebuilt only on that node (it may come back with its data), not
+    /// elsewhere (`index.unassigned.node_left.delayed_timeout`).
+    pub delayed: Vec<(NodeId, u64)>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -150,8 +156,9 @@ pub struct Index {
     pub uuid: String,
     pub replicas: u32,
     /// `index.hidden`: left out of `_cat/indices` unless `expand_wildcards` asks for it.
-    #[serde(default)]
     pub hidden: bool,
+    /// `index.unassigned.node_left.delayed_timeout` (Elasticsearch's default: 1 minute).
+    pub delayed_timeout_ms: u64,
     pub shards: Vec<Shard>,
 }
 
@@ -326,7 +333,7 @@ impl Model {
                     .get(&id)
                     .is_some_and(|n| n.alive && n.info.incarnation != info.incarnation);
                 if restarted {
-                    self.node_gone(&id, false);
+                    self.node_gone(&id, false, now);
                 }
                 let node = self.nodes.entry(id.clone()).or_insert_with(|| Node {
                     info: info.clone(),
@@ -344,7 +351,7 @@ impl Model {
             }
             Event::Leave { node_id } => {
                 if self.nodes.get(&node_id).is_some_and(|n| n.alive) {
-                    self.node_gone(&node_id, true);
+                    self.node_gone(&node_id, true, now);
                 }
             }
             Event::Violation { message } => self.violations.push(Violation { t_ms: now, message }),
@@ -354,7 +361,7 @@ impl Model {
     }
 
     /// A node stopped (gracefully or not): it leaves its cluster; its disk stays.
-    fn node_gone(&mut self, id: &str, graceful: bool) {
+    fn node_gone(&mut self, id: &str, graceful: bool, now: u64) {
         let Some(node) = self.nodes.get_mut(id) else { return };
         node.alive = false;
         let cluster = node.cluster.take();
@@ -382,7 +389,26 @@ impl Model {
         }
         // Its copies go now, not at the next allocation: a node that restarts within the
         // fault-detection window must not keep them (Elasticsearch fails them as well).
+        // Those that leave a started copy behind are rebuilt elsewhere only after the
+        // index's delay, in case the node comes back with its data.
         if let Some(c) = self.clusters.iter_mut().find(|c| Some(&c.uuid) == cluster.as_ref()) {
+            for index in c.indices.values_mut() {
+                let until = now + index.delayed_timeout_ms;
+                for shard in &mut index.shards {
+                    let held = shard
+                        .copies
+                        .iter()
+                        .any(|cp| cp.node == id && cp.relocation_source.is_none());
+                    let others = shard
+                        .copies
+                        .iter()
+                        .any(|cp| cp.node != id && cp.state == CopyState::Started);
+                    if held && others && index.delayed_timeout_ms > 0 {
+                        shard.delayed.retain(|(n, _)| n != id);
+                        shard.delayed.push((id.to_string(), until));
+                    }
+                }
+            }
             drop_copies(c, &|n| n == id);
         }
     }
@@ -613,7 +639,7 @@ impl Model {
             .map(|(id, _)| id.clone())
             .collect();
         for id in silent {
-            self.node_gone(&id, false);
+            self.node_gone(&id, false, now);
         }
         for _ in 0..10 {
             let mut changed = self.discover(now);
@@ -705,6 +731,7 @@ impl Model {
             uuid,
             replicas,
             hidden: false,
+            delayed_timeout_ms: DEFAULT_DELAYED_TIMEOUT_MS,
             shards: (0..shards).map(|_| Shard::default()).collect(),
         };
         self.clusters[ci].indices.insert(name.to_string(), index);
@@ -987,15 +1014,29 @@ fn allocate(
                 .copies
                 .iter()
                 .any(|cp| cp.primary && cp.state == CopyState::Started);
+            // Delays end when they expire or their node holds a copy again.
+            let now_copies: BTreeSet<NodeId> = shard.copies.iter().map(|cp| cp.node.clone()).collect();
+            shard
+                .delayed
+                .retain(|(n, until)| *until > now && !now_copies.contains(n));
             if d.enable == Enable::All && primary_active {
                 loop {
                     let own = shard.copies.iter().filter(|cp| cp.relocation_source.is_none()).count() as u32;
                     if own >= total {
                         break;
                     }
+                    // A delayed copy goes back only to its own node, once that node is back;
+                    // the others wait for their delay.
                     let Some(node) = pick(&d, shard, &key, total, None, &load, true) else {
                         break;
                     };
+                    let back = shard.delayed.iter().any(|(n, _)| *n == node);
+                    let free = total.saturating_sub(own) as usize > shard.delayed.len();
+                    if back {
+                        shard.delayed.retain(|(n, _)| *n != node);
+                    } else if !free {
+                        break;
+                    }
                     let has_data = disks.get(&node).is_some_and(|dk| dk.copies.contains(&key));
                     let l = load.entry(node.clone()).or_default();
                     l.0 += 1;

@@ -251,6 +251,8 @@ fn forced_awareness_survives_a_zone_loss_yellow_never_red() {
     w.advance(2000);
     assert!(w.cluster().master.is_some());
     w.advance(5000);
+    assert_eq!(w.status(), "yellow", "the lost copies wait for their nodes' delay");
+    w.advance(DEFAULT_DELAYED_TIMEOUT_MS);
     assert_eq!(
         w.status(),
         "green",
@@ -310,7 +312,7 @@ fn forced_awareness_keeps_copies_out_of_the_surviving_zone() {
         "/_cluster/settings",
         r#"{"transient":{"cluster.routing.allocation.awareness.force.zone.values":""}}"#,
     );
-    w.advance(3000);
+    w.advance(DEFAULT_DELAYED_TIMEOUT_MS + 3000);
     assert_eq!(w.status(), "green", "{:?}", w.copies());
     assert!(!w.statuses_seen().contains("red"));
 }
@@ -371,7 +373,7 @@ fn lost_primary_is_promoted_and_all_copies_lost_is_red() {
     assert!(now.iter().any(|c| c.0 == replica && c.2), "replica promoted: {now:?}");
     assert_eq!(w.status(), "yellow");
     assert!(!w.statuses_seen().contains("red"));
-    w.advance(1000);
+    w.advance(DEFAULT_DELAYED_TIMEOUT_MS + 2000);
     assert_eq!(w.status(), "green", "a new replica on the third node: {:?}", w.copies());
     // lose both copies at once
     let holders: Vec<String> = w.copies().remove(0).into_iter().map(|c| c.0).collect();
@@ -572,4 +574,58 @@ fn hidden_indices_are_listed_only_with_expand_wildcards() {
         (s, b["error"]["type"].as_str()),
         (400, Some("illegal_argument_exception"))
     );
+}
+
+#[test]
+fn a_lost_copy_waits_for_its_node_until_the_delay_ends() {
+    // 3 data nodes, one shard with one replica: a node holding a copy crashes.
+    let mut w = green_cluster(3, 1, 1);
+    let holder = w.copies()[0].iter().find(|c| !c.2).unwrap().0.clone();
+    let info = w.up.iter().find(|n| n.node_name == holder).unwrap().clone();
+    w.kill(&holder);
+    w.advance(5000);
+    assert_eq!(w.status(), "yellow", "not rebuilt elsewhere within the delay");
+    // It comes back with its data: the copy goes back to it, quickly, and nowhere else.
+    w.start(&NodeInfo {
+        incarnation: info.incarnation + 1,
+        ..info.clone()
+    });
+    w.advance(500);
+    assert_eq!(w.status(), "green", "{:?}", w.copies());
+    assert!(w.copies()[0].iter().any(|c| c.0 == holder), "{:?}", w.copies());
+
+    // Gone for longer than the delay: rebuilt on another node.
+    w.kill(&holder);
+    w.advance(DEFAULT_DELAYED_TIMEOUT_MS - 5000);
+    assert_eq!(w.status(), "yellow");
+    w.advance(10_000);
+    assert_eq!(w.status(), "green", "{:?}", w.copies());
+    assert!(!w.copies()[0].iter().any(|c| c.0 == holder));
+
+    // The delay is an index setting; 0 rebuilds at once.
+    let (s, b) = w.call(
+        "PUT",
+        "/logs/_settings",
+        r#"{"index":{"unassigned":{"node_left":{"delayed_timeout":"0"}}}}"#,
+    );
+    assert_eq!(s, 200, "{b}");
+    w.start(&NodeInfo {
+        incarnation: info.incarnation + 2,
+        ..info
+    });
+    w.advance(500);
+    let next = w.copies()[0].iter().find(|c| !c.2).unwrap().0.clone();
+    w.kill(&next);
+    w.advance(3000);
+    assert_eq!(w.status(), "green", "{:?}", w.copies());
+    let (s, b) = w.call(
+        "PUT",
+        "/logs/_settings",
+        r#"{"index.unassigned.node_left.delayed_timeout":"soon"}"#,
+    );
+    assert_eq!(
+        (s, b["error"]["type"].as_str()),
+        (400, Some("illegal_argument_exception"))
+    );
+    assert!(!w.statuses_seen().contains("red"));
 }

@@ -210,7 +210,11 @@ fn an_elasticsearch_cluster_is_placed_configured_restarted_scaled_and_survives_a
     es.call(
         "PUT",
         "/logs-2026",
-        Some(r#"{"settings":{"number_of_shards":6,"number_of_replicas":1}}"#),
+        // Like Elasticsearch, the stand-in rebuilds a lost node's copies elsewhere only
+        // after `delayed_timeout` (1 minute by default); 5 s keeps this test short.
+        Some(
+            r#"{"settings":{"number_of_shards":6,"number_of_replicas":1,"index.unassigned.node_left.delayed_timeout":"5s"}}"#,
+        ),
     )
     .unwrap();
     es.wait_green("the new cluster green");
