@@ -5,17 +5,19 @@
 //! A check is an `http://` or `https://` URL that must answer 2xx, or a command
 //! (`/bin/sh -c`) that must exit 0, each within a time limit. An `https://` check trusts
 //! only the unit's `HealthCheckCA=` file and may authenticate with the `user:password` in
-//! its `HealthCheckCredentials=` file, which must be root's and mode 0600 (both are read
-//! at every check, so a rotated certificate or password is picked up). The command runs with the unit's placement facts in
-//! its environment (`ESFLEET_*`), as the unit itself does. The check is read from the
+//! its `HealthCheckCredentials=` file, which must be root's and mode 0600. Both files are
+//! read again, and TLS set up anew, only when one of them changes (modification time or
+//! size), so a rotated certificate or password is picked up at the next check without
+//! paying for it at every check. The command runs with the unit's placement facts in its
+//! environment (`ESFLEET_*`), as the unit itself does. The check is read from the
 //! scheduled unit file (the same parser the coordinator validated it with), so the
 //! schedule entry needs no field of its own.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use esfleet_core::http;
 use esfleet_core::model::ScheduleEntry;
@@ -78,11 +80,56 @@ pub fn check_of(entry: &ScheduleEntry) -> Option<Check> {
     })
 }
 
+/// A file's identity for the cache: modification time and size (`None`: unreadable).
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &str) -> Stamp {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.modified().ok()?, m.len()))
+}
+
+/// The `https://` transports the checks use, one per (CA file, credentials file), kept
+/// until one of the files changes. Failures are not kept: the next check tries again.
+#[derive(Default)]
+pub struct Transports {
+    built: Mutex<BTreeMap<(String, Option<String>), ([Stamp; 2], http::Transport)>>,
+    /// How many transports were built (for tests).
+    builds: AtomicUsize,
+}
+
+/// More distinct (CA, credentials) pairs than this on one host: the cache starts over.
+const MAX_TRANSPORTS: usize = 64;
+
+impl Transports {
+    fn get(&self, ca: &str, credentials: Option<&str>) -> Result<http::Transport, String> {
+        let key = (ca.to_string(), credentials.map(String::from));
+        let now = [stamp(ca), credentials.and_then(stamp)];
+        if let Some((seen, t)) = self.built.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+            if *seen == now {
+                return Ok(t.clone());
+            }
+        }
+        let t = http::Transport::new(Some(Path::new(ca)), credentials.map(Path::new), http::Owner::Root)?;
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if built.len() >= MAX_TRANSPORTS {
+            built.clear();
+        }
+        built.insert(key, (now, t.clone()));
+        Ok(t)
+    }
+}
+
 /// Runs one check. `Err` says why it failed, for the log.
-pub async fn run_check(check: &Check, env: &BTreeMap<String, String>, limit: Duration) -> Result<(), String> {
+pub async fn run_check(
+    check: &Check,
+    env: &BTreeMap<String, String>,
+    limit: Duration,
+    transports: &Transports,
+) -> Result<(), String> {
     let attempt = async {
         match &check.check {
-            HealthCheck::Http(url) => http_get(url, check).await,
+            HealthCheck::Http(url) => http_get(url, check, transports).await,
             HealthCheck::Command(cmd) => {
                 let status = tokio::process::Command::new("/bin/sh")
                     .arg("-c")
@@ -110,17 +157,14 @@ pub async fn run_check(check: &Check, env: &BTreeMap<String, String>, limit: Dur
 
 /// A GET of `url` that must answer 2xx (esfleet_core's client: http, or https with the
 /// check's CA and credentials).
-async fn http_get(url: &str, check: &Check) -> Result<(), String> {
+async fn http_get(url: &str, check: &Check, transports: &Transports) -> Result<(), String> {
     let (https, endpoint, path) = http::split_url(url)?;
     let transport = match (https, &check.ca_file) {
         (false, _) => http::Transport::plain(),
         (true, None) => return Err(format!("{url}: an https:// check needs HealthCheckCA=")),
-        (true, Some(ca)) => http::Transport::new(
-            Some(Path::new(ca)),
-            check.credentials_file.as_deref().map(Path::new),
-            http::Owner::Root,
-        )
-        .map_err(|e| format!("{url}: {e}"))?,
+        (true, Some(ca)) => transports
+            .get(ca, check.credentials_file.as_deref())
+            .map_err(|e| format!("{url}: {e}"))?,
     };
     let (status, _) = transport
         .send(&endpoint, http::Method::Get, &path, None)
@@ -143,6 +187,7 @@ pub async fn run(
 ) {
     let limit = every.min(Duration::from_secs(10));
     let mut checks: BTreeMap<(UnitName, String), Option<Check>> = BTreeMap::new();
+    let transports = Transports::default();
     loop {
         let entries = scheduled();
         // Parse each unit file once per version.
@@ -157,8 +202,9 @@ pub async fn run(
                 todo.push((u.clone(), check, e.env.clone()));
             }
         }
+        let transports = &transports;
         let results = futures::future::join_all(todo.into_iter().map(|(u, check, env)| async move {
-            let r = run_check(&check, &env, limit).await;
+            let r = run_check(&check, &env, limit, transports).await;
             if let Err(why) = &r {
                 tracing::debug!(unit = %u, why, "health check failed");
             }
@@ -194,24 +240,65 @@ mod tests {
         });
         let env = BTreeMap::new();
         let limit = Duration::from_secs(5);
+        let t = Transports::default();
         let url: Check = HealthCheck::Http(format!("http://{addr}/_cluster/health")).into();
-        assert_eq!(run_check(&url, &env, limit).await, Ok(()));
-        assert!(run_check(&url, &env, limit).await.unwrap_err().contains("503"));
+        assert_eq!(run_check(&url, &env, limit, &t).await, Ok(()));
+        assert!(run_check(&url, &env, limit, &t).await.unwrap_err().contains("503"));
         let https: Check = HealthCheck::Http("https://x/".into()).into();
-        assert!(run_check(&https, &env, limit)
+        assert!(run_check(&https, &env, limit, &t)
             .await
             .unwrap_err()
             .contains("needs HealthCheckCA="));
 
         let env: BTreeMap<String, String> = [("ESFLEET_ZONE".to_string(), "a".to_string())].into();
         let ok: Check = HealthCheck::Command("test \"$ESFLEET_ZONE\" = a".into()).into();
-        assert_eq!(run_check(&ok, &env, limit).await, Ok(()));
+        assert_eq!(run_check(&ok, &env, limit, &t).await, Ok(()));
         let bad: Check = HealthCheck::Command("exit 3".into()).into();
-        assert!(run_check(&bad, &env, limit).await.unwrap_err().contains("exit"));
+        assert!(run_check(&bad, &env, limit, &t).await.unwrap_err().contains("exit"));
         let slow: Check = HealthCheck::Command("sleep 5".into()).into();
-        assert!(run_check(&slow, &env, Duration::from_millis(100))
+        assert!(run_check(&slow, &env, Duration::from_millis(100), &t)
             .await
             .unwrap_err()
             .contains("no answer"));
+    }
+
+    /// A CA certificate made by openssl (scripts/setup installs it).
+    fn ca_pem(dir: &Path, name: &str) -> String {
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj"])
+            .arg(format!("/CN={name}"))
+            .args(["-keyout", "/dev/null", "-out"])
+            .arg(dir.join(format!("{name}.pem")))
+            .output()
+            .expect("openssl runs (scripts/setup installs it)");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        dir.join(format!("{name}.pem")).display().to_string()
+    }
+
+    #[test]
+    fn transports_are_built_once_per_file_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Transports::default();
+        let ca = ca_pem(dir.path(), "ca");
+        t.get(&ca, None).unwrap();
+        t.get(&ca, None).unwrap();
+        assert_eq!(
+            t.builds.load(Ordering::Relaxed),
+            1,
+            "the second check reuses the first's TLS"
+        );
+        // A rotated CA (another certificate in the same file) is read at the next check.
+        let other = ca_pem(dir.path(), "other");
+        let mut pem = std::fs::read(&other).unwrap();
+        pem.extend(std::fs::read(&ca).unwrap());
+        std::fs::write(&ca, pem).unwrap();
+        t.get(&ca, None).unwrap();
+        assert_eq!(t.builds.load(Ordering::Relaxed), 2);
+        // Failures are not kept: a missing CA fails every time, naming the file.
+        let missing = dir.path().join("missing.pem").display().to_string();
+        for _ in 0..2 {
+            assert!(t.get(&missing, None).unwrap_err().contains("missing.pem"));
+        }
+        assert_eq!(t.builds.load(Ordering::Relaxed), 2);
     }
 }

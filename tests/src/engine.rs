@@ -173,8 +173,9 @@ impl Secured {
 /// distribution, and refuses to start unconfigured otherwise).
 pub const SECURITY_OFF: &str = "\"plugins.security.disabled\" = true\n";
 
-/// The test hosts' addresses: host i of a testbed is 10.88.0.(10 + i) (tests/hosts).
-const HOST_ADDRESSES: std::ops::RangeInclusive<u8> = 11..=30;
+/// The test hosts' addresses: host i of a testbed is 10.88.0.(10 + i) (tests/hosts), so
+/// every address a testbed of any size can give a host.
+const HOST_ADDRESSES: std::ops::RangeInclusive<u8> = 11..=254;
 
 /// Makes [`Secured`]'s files for the engine at `engine`: openssl makes the certificates
 /// (the node certificate names 127.0.0.1, for the agents' health checks, and every test
@@ -195,8 +196,16 @@ pub fn secure(engine: &std::path::Path) -> anyhow::Result<Secured> {
         );
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    // Not /tmp or /var/tmp: the hosts mount their own there.
-    let base = PathBuf::from(format!("/var/cache/esfleet/test-tls/{}", std::process::id()));
+    // Not /tmp or /var/tmp: the hosts mount their own there. One directory per test
+    // process; those of processes that are gone (killed before their Drop ran) go first.
+    let root = PathBuf::from("/var/cache/esfleet/test-tls");
+    for entry in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+        let pid = entry.file_name().to_string_lossy().parse::<u32>().ok();
+        if pid.is_some_and(|p| !PathBuf::from(format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+    let base = root.join(std::process::id().to_string());
     let _ = std::fs::remove_dir_all(&base);
     let conf = base.join("conf");
     let certs = conf.join("certs");

@@ -146,11 +146,14 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
     let lost = a.at[unit].clone();
     assert_eq!(zone_of(&lost), "zc");
     let node_dir = "/var/lib/esfleet/es/logs-d3";
-    let generations = |host: &str| -> Vec<String> {
-        let out = c.hosts().exec_ok(host, &["ls", "-1", node_dir]).unwrap_or_default();
-        out.lines().map(str::to_string).collect()
+    // The placements' directories under the node's; none when the node's directory is
+    // absent. A host that cannot be asked is an error, never "no directories".
+    let generations = |host: &str| -> anyhow::Result<Vec<String>> {
+        let script = format!("if [ -d {node_dir} ]; then ls -1 {node_dir}; fi");
+        let out = c.hosts().exec_ok(host, &["sh", "-c", &script])?;
+        Ok(out.lines().map(str::to_string).collect())
     };
-    let old_generations = generations(&lost);
+    let old_generations = generations(&lost).unwrap();
     assert_eq!(old_generations.len(), 1, "{old_generations:?}");
     let old_id = os
         .node_ids(&a.everyone)
@@ -203,7 +206,7 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
         now_at.len() == 1 && now_at[0] != lost && zone_of(&now_at[0]) == "zc",
         "{unit} should run once, on zc's other host: {now_at:?}"
     );
-    let fresh = generations(&now_at[0]);
+    let fresh = generations(&now_at[0]).unwrap();
     assert!(
         !fresh.is_empty() && fresh.iter().all(|g| !old_generations.contains(g)),
         "the replacement's data directory is of a new placement: {fresh:?} vs {old_generations:?}"
@@ -216,7 +219,7 @@ fn a_real_opensearch_cluster_runs_in_nspawn_containers() {
         Duration::from_secs(180),
         Duration::from_secs(1),
         || {
-            Ok(generations(&lost)
+            Ok(generations(&lost)?
                 .iter()
                 .all(|g| !old_generations.contains(g))
                 .then_some(()))
