@@ -88,11 +88,14 @@ fn stamp(path: &str) -> Stamp {
     Some((m.modified().ok()?, m.len()))
 }
 
+type TransportKey = (String, Option<String>);
+
 /// The `https://` transports the checks use, one per (CA file, credentials file), kept
 /// until one of the files changes. Failures are not kept: the next check tries again.
 #[derive(Default)]
 pub struct Transports {
-    built: Mutex<BTreeMap<(String, Option<String>), ([Stamp; 2], http::Transport)>>,
+    /// (CA file, credentials file) → the files' stamps when built, and the transport.
+    built: Mutex<BTreeMap<TransportKey, ([Stamp; 2], http::Transport)>>,
     /// How many transports were built (for tests).
     builds: AtomicUsize,
 }
