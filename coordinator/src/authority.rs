@@ -8,6 +8,12 @@
 //! through except HEADERS blocks: those it decodes (HPACK), strips a scheme and path from
 //! `:authority`, and re-encodes. Frame boundaries, flags and all other frames are kept.
 //!
+//! The pre-parser holds at most one frame and one header block of a connection, and both
+//! are bounded: a frame over the HTTP/2 default size (which the server never raises) or a
+//! header block over [`MAX_HEADER_BLOCK`] closes the connection, as does a block the HPACK
+//! decoder (loona-hpack, a maintained and fuzzed fork of the `hpack` crate) cannot read.
+//! h2 would refuse them all anyway; here they never reach memory unbounded.
+//!
 //! A client names its authority once per connection, so the first HEADERS block decides:
 //! if it needs no fix (every client but those etcdctl versions), the connection is passed
 //! through untouched from then on. Decoding and re-encoding every request's headers was
@@ -30,6 +36,9 @@ const PADDED: u8 = 0x8;
 const PRIORITY: u8 = 0x20;
 /// The HTTP/2 default SETTINGS_MAX_FRAME_SIZE, which our server does not raise.
 const MAX_FRAME: usize = 16_384;
+/// The largest header block (HEADERS plus CONTINUATIONs) the pre-parser accepts. gRPC
+/// clients send a few hundred bytes; h2's own limit on the decoded list is 16 KiB.
+pub const MAX_HEADER_BLOCK: usize = 64 * 1024;
 
 struct Block {
     stream: u32,
@@ -44,13 +53,15 @@ pub struct FixAuthority<S> {
     raw: BytesMut,
     ready: BytesMut,
     preface_left: usize,
-    decoder: hpack::Decoder<'static>,
-    encoder: hpack::Encoder<'static>,
+    decoder: loona_hpack::Decoder<'static>,
+    encoder: loona_hpack::Encoder<'static>,
     block: Option<Block>,
     /// The first HEADERS block needed no fix: every byte from here on goes through as is.
     passthrough: bool,
     /// The first HEADERS block was seen.
     decided: bool,
+    /// Why the connection must close (a bound exceeded, an unreadable header block).
+    refused: Option<String>,
 }
 
 impl<S> FixAuthority<S> {
@@ -60,11 +71,12 @@ impl<S> FixAuthority<S> {
             raw: BytesMut::new(),
             ready: BytesMut::new(),
             preface_left: PREFACE_LEN,
-            decoder: hpack::Decoder::new(),
-            encoder: hpack::Encoder::new(),
+            decoder: loona_hpack::Decoder::new(),
+            encoder: loona_hpack::Encoder::new(),
             block: None,
             passthrough: false,
             decided: false,
+            refused: None,
         }
     }
 
@@ -77,13 +89,17 @@ impl<S> FixAuthority<S> {
                 return;
             }
         }
-        while self.raw.len() >= 9 {
+        while self.raw.len() >= 9 && self.refused.is_none() {
             if self.passthrough {
                 let rest = self.raw.split();
                 self.ready.extend_from_slice(&rest);
                 return;
             }
             let len = (usize::from(self.raw[0]) << 16) | (usize::from(self.raw[1]) << 8) | usize::from(self.raw[2]);
+            if len > MAX_FRAME {
+                self.refused = Some(format!("a {len}-byte frame, over the {MAX_FRAME}-byte maximum"));
+                return;
+            }
             if self.raw.len() < 9 + len {
                 return;
             }
@@ -120,6 +136,11 @@ impl<S> FixAuthority<S> {
                 }
                 CONTINUATION if self.block.as_ref().is_some_and(|b| b.stream == stream) => {
                     let block = self.block.as_mut().expect("checked");
+                    if block.original.len() + frame.len() > MAX_HEADER_BLOCK {
+                        self.refused = Some(format!("a header block over {MAX_HEADER_BLOCK} bytes"));
+                        self.block = None;
+                        return;
+                    }
                     block.fragment.extend_from_slice(&frame[9..]);
                     block.original.extend_from_slice(&frame);
                     if flags & END_HEADERS != 0 {
@@ -133,10 +154,14 @@ impl<S> FixAuthority<S> {
 
     fn emit(&mut self) {
         let Some(block) = self.block.take() else { return };
-        let Ok(mut headers) = self.decoder.decode(&block.fragment) else {
-            // Not ours to judge: hand h2 the original bytes and let it answer.
-            self.ready.extend_from_slice(&block.original);
-            return;
+        let mut headers = match self.decoder.decode(&block.fragment) {
+            Ok(h) => h,
+            Err(e) => {
+                // h2 would end the connection too (COMPRESSION_ERROR): the decoders'
+                // tables can no longer agree.
+                self.refused = Some(format!("an unreadable header block ({e:?})"));
+                return;
+            }
         };
         if !std::mem::replace(&mut self.decided, true)
             && headers
@@ -212,6 +237,12 @@ impl<S: AsyncRead + Unpin> AsyncRead for FixAuthority<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
         loop {
+            if this.ready.is_empty() {
+                if let Some(why) = &this.refused {
+                    tracing::debug!(why, "closing a client connection");
+                    return Poll::Ready(Err(io::Error::new(io::ErrorKind::InvalidData, why.clone())));
+                }
+            }
             if this.passthrough && this.ready.is_empty() && this.raw.is_empty() && this.block.is_none() {
                 return Pin::new(&mut this.inner).poll_read(cx, buf);
             }
@@ -297,7 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn rewrites_a_url_authority_across_continuations_and_keeps_the_rest() {
-        let mut client = hpack::Encoder::new();
+        let mut client = loona_hpack::Encoder::new();
         let block = client.encode(vec![
             (&b":method"[..], &b"POST"[..]),
             (b":scheme", b"http"),
@@ -323,7 +354,7 @@ mod tests {
         let rest = &out[33..];
         let len = (usize::from(rest[1]) << 8) | usize::from(rest[2]);
         assert_eq!((rest[3], rest[4] & END_HEADERS), (HEADERS, END_HEADERS));
-        let headers = hpack::Decoder::new().decode(&rest[9..9 + len]).unwrap();
+        let headers = loona_hpack::Decoder::new().decode(&rest[9..9 + len]).unwrap();
         let authority = headers.iter().find(|(n, _)| n == b":authority").unwrap();
         assert_eq!(authority.1, b"127.0.0.1:2379");
         assert_eq!(headers.len(), 5);
@@ -332,7 +363,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_whose_first_authority_is_fine_is_passed_through_untouched() {
-        let mut client = hpack::Encoder::new();
+        let mut client = loona_hpack::Encoder::new();
         let mut wire = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
         wire.extend(frame(0x4, 0, 0, &[]));
         for (stream, path) in [
@@ -369,6 +400,61 @@ mod tests {
             let chunk: Vec<u8> = self.0.drain(..n).collect();
             buf.put_slice(&chunk);
             Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn read_all(wire: &[u8]) -> (Vec<u8>, io::Result<usize>) {
+        let mut mock = tokio_test_io(wire);
+        let mut out = Vec::new();
+        let r = FixAuthority::new(&mut mock).read_to_end(&mut out).await;
+        (out, r)
+    }
+
+    #[tokio::test]
+    async fn unreadable_oversized_and_endless_header_blocks_close_the_connection() {
+        let head = {
+            let mut w = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+            w.extend(frame(0x4, 0, 0, &[]));
+            w
+        };
+        // 0x3f: an integer that never ends (it panicked the `hpack` crate).
+        let mut wire = head.clone();
+        wire.extend(frame(HEADERS, END_HEADERS, 1, &[0x3f]));
+        let (out, r) = read_all(&wire).await;
+        assert_eq!(r.unwrap_err().kind(), io::ErrorKind::InvalidData);
+        assert_eq!(out, head, "what came before is passed on, the block is not");
+        // A frame over the maximum size.
+        let mut wire = head.clone();
+        wire.extend([0x01, 0x00, 0x00, HEADERS, 0, 0, 0, 0, 1]);
+        assert!(read_all(&wire)
+            .await
+            .1
+            .unwrap_err()
+            .to_string()
+            .contains("65536-byte frame"));
+        // CONTINUATIONs without end.
+        let mut wire = head.clone();
+        wire.extend(frame(HEADERS, 0, 1, &[0x82]));
+        for _ in 0..8 {
+            wire.extend(frame(CONTINUATION, 0, 1, &[0x82; MAX_FRAME]));
+        }
+        let e = read_all(&wire).await.1.unwrap_err();
+        assert!(e.to_string().contains("header block over 65536 bytes"), "{e}");
+    }
+
+    #[test]
+    fn the_decoder_survives_random_blocks() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for _ in 0..200_000 {
+            let len = (next() % 24) as usize;
+            let block: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            let _ = loona_hpack::Decoder::new().decode(&block);
         }
     }
 

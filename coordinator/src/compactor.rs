@@ -7,6 +7,7 @@
 //! the same point of the log. Time is leader-local (tokio time): a new leader starts its
 //! samples afresh, which can only delay a compaction, never advance one.
 
+use crate::sync::Recover;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -119,7 +120,7 @@ pub async fn run(node: Arc<Node>, retention: Retention, mut stop: watch::Receive
             continue;
         }
         let (current, compacted) = {
-            let m = node.store.mvcc.read().expect("poisoned");
+            let m = node.store.mvcc.read().or_recover();
             (m.revision(), m.compact_revision())
         };
         let now = Instant::now();

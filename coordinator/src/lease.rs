@@ -11,6 +11,7 @@
 //! election timeout, and for a TTL after, a lease expires only once that grace has passed
 //! since its last renewal: its agent has fenced by then. See [`esfleet_core::lease`].
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,7 +35,13 @@ use crate::store::state_machine::LeaseObserver;
 pub const NO_LEADER_SPAN: Duration = Duration::from_secs(60);
 
 /// Longest TTL etcd accepts.
-pub const MAX_TTL: i64 = 9_000_000_000;
+pub const MAX_TTL: i64 = crate::store::mvcc::MAX_LEASE_TTL;
+
+/// `t + d`, or as far as the clock goes: a lease's deadline never overflows.
+fn after(t: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    t.checked_add(d).or_else(|| t.checked_add(FAR)).unwrap_or(t)
+}
 
 struct Inner {
     ttl: HashMap<i64, i64>,
@@ -62,7 +69,7 @@ impl Inner {
     fn expires_at(&self, id: i64) -> Option<Instant> {
         let ttl = secs(*self.ttl.get(&id)?);
         let renewed = *self.renewed.get(&id)?;
-        Some((renewed + ttl).max((self.last_doubt + ttl).min(renewed + outage_grace(ttl))))
+        Some(after(renewed, ttl).max(after(self.last_doubt, ttl).min(after(renewed, outage_grace(ttl)))))
     }
 
     fn renew_all(&mut self, now: Instant) {
@@ -114,27 +121,27 @@ pub struct LeaseKeeper {
 
 impl LeaseObserver for LeaseKeeper {
     fn granted(&self, id: i64, ttl: i64) {
-        let mut i = self.inner.lock().expect("poisoned");
+        let mut i = self.inner.lock().or_recover();
         i.ttl.insert(id, ttl);
         i.renewed.insert(id, Instant::now());
     }
 
     fn revoked(&self, id: i64) {
-        let mut i = self.inner.lock().expect("poisoned");
+        let mut i = self.inner.lock().or_recover();
         i.ttl.remove(&id);
         i.renewed.remove(&id);
         i.revoking.remove(&id);
     }
 
     fn reset(&self, leases: Vec<(i64, i64)>) {
-        let mut i = self.inner.lock().expect("poisoned");
+        let mut i = self.inner.lock().or_recover();
         i.ttl = leases.into_iter().collect();
         i.renew_all(Instant::now());
     }
 }
 
 fn secs(ttl: i64) -> Duration {
-    Duration::from_secs(ttl.max(0) as u64)
+    Duration::from_secs(ttl.clamp(1, MAX_TTL) as u64)
 }
 
 impl LeaseKeeper {
@@ -168,7 +175,7 @@ impl LeaseKeeper {
         if !node.is_leader_with_quorum() {
             return Err(node.without_quorum());
         }
-        let mut i = self.inner.lock().expect("poisoned");
+        let mut i = self.inner.lock().or_recover();
         let Some(ttl) = i.ttl.get(&id).copied() else {
             return Ok(0);
         };
@@ -231,7 +238,7 @@ impl LeaseKeeper {
             return Err(no_leader());
         }
         let (ttl, granted) = {
-            let i = self.inner.lock().expect("poisoned");
+            let i = self.inner.lock().or_recover();
             match (i.ttl.get(&id), i.expires_at(id)) {
                 (Some(granted), Some(deadline)) => {
                     let left = deadline.saturating_duration_since(Instant::now());
@@ -241,7 +248,7 @@ impl LeaseKeeper {
             }
         };
         let keys = if with_keys && ttl >= 0 {
-            let m = node.store.mvcc.read().expect("poisoned");
+            let m = node.store.mvcc.read().or_recover();
             m.lease(id)
                 .map(|l| l.keys.iter().cloned().collect())
                 .unwrap_or_default()
@@ -280,7 +287,7 @@ impl LeaseKeeper {
     /// whether a member may be saying "no leader" (`in_doubt`), and list the leases that
     /// expired.
     fn tick(&self, leading_term: Option<u64>, in_doubt: bool) -> Vec<i64> {
-        let mut i = self.inner.lock().expect("poisoned");
+        let mut i = self.inner.lock().or_recover();
         let now = Instant::now();
         if leading_term.is_none() || i.leading_term != leading_term {
             // Lost or (re)gained leadership: whoever leads next starts every lease afresh.
@@ -323,7 +330,7 @@ impl LeaseKeeper {
             ..Removed::default()
         };
         let mut kept_members = removed.members.clone();
-        self.inner.lock().expect("poisoned").retry = node.request_timeout + Duration::from_secs(1);
+        self.inner.lock().or_recover().retry = node.request_timeout + Duration::from_secs(1);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
@@ -347,7 +354,7 @@ impl LeaseKeeper {
                 let watched = removed.watched(&members, now, NO_LEADER_SPAN + node.election_timeout);
                 let unconfirmed = match leading {
                     Some(_) => {
-                        let since = now - node.election_timeout / 2;
+                        let since = now.checked_sub(node.election_timeout / 2).unwrap_or(now);
                         node.peers.contacts.unconfirmed(watched, m.vote.leader_id(), since)
                     }
                     None => Vec::new(),
@@ -456,7 +463,7 @@ mod tests {
         // A member stops answering at 1 s (it may be telling its hosts "no leader").
         tokio::time::advance(Duration::from_secs(1)).await;
         assert!(k.tick(Some(3), true).is_empty());
-        let renew = |k: &LeaseKeeper, id: i64| k.inner.lock().unwrap().renewed.insert(id, Instant::now());
+        let renew = |k: &LeaseKeeper, id: i64| k.inner.lock().or_recover().renewed.insert(id, Instant::now());
         // Lease 8 is kept alive at 2 s, then its agent goes quiet too.
         tokio::time::advance(Duration::from_secs(1)).await;
         renew(&k, 8);
@@ -465,7 +472,7 @@ mod tests {
         tokio::time::advance(Duration::from_secs(8)).await;
         assert!(k.tick(Some(3), true).is_empty());
         assert_eq!(
-            k.inner.lock().unwrap().expires_at(8),
+            k.inner.lock().or_recover().expires_at(8),
             Some(Instant::now() + Duration::from_secs(5))
         );
         // The grace (6 × 5 s) since each renewal: lease 7 (renewed at the takeover, 0 s)

@@ -17,4 +17,5 @@ pub mod peer;
 pub mod scheduler;
 pub mod server;
 pub mod store;
+pub mod sync;
 pub mod types;

@@ -2,6 +2,7 @@
 //! few operations every API needs: propose a request (here or through the leader), make a
 //! read linearizable, change the membership, stamp a response header.
 
+use crate::sync::Recover;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -237,7 +238,7 @@ impl Node {
     pub fn heard_from_leader(&self, leader: u64) {
         let now = tokio::time::Instant::now();
         let keep = {
-            let mut h = self.heard.lock().expect("poisoned");
+            let mut h = self.heard.lock().or_recover();
             h.leader = Some(leader);
             h.at = Some(now);
             let keep = h.kept.is_none_or(|k| now - k >= Duration::from_secs(1));
@@ -255,7 +256,7 @@ impl Node {
     /// What a leader without a quorum answers: "no leader", like a follower cut off, for
     /// no longer than a follower would say it; a plain error after.
     pub fn without_quorum(&self) -> Status {
-        let silent_for = self.heard.lock().expect("poisoned").at.map(|at| at.elapsed());
+        let silent_for = self.heard.lock().or_recover().at.map(|at| at.elapsed());
         // Within an election timeout of its last quorum: it just lost it.
         silence(silent_for, self.election_timeout, crate::lease::NO_LEADER_SPAN).unwrap_or_else(no_leader)
     }
@@ -268,7 +269,7 @@ impl Node {
     /// Where a request for the leader goes now, or the error to answer with ([`route`]).
     pub fn route(&self) -> Result<Route, Status> {
         let (heard, at) = {
-            let h = self.heard.lock().expect("poisoned");
+            let h = self.heard.lock().or_recover();
             (h.leader, h.at)
         };
         let hearing = {
@@ -309,7 +310,7 @@ impl Node {
     pub fn next_lease_id(&self) -> i64 {
         loop {
             let id = self.lease_ids.fetch_add(1, Ordering::Relaxed) & i64::MAX;
-            if id != 0 && self.store.mvcc.read().expect("poisoned").lease(id).is_none() {
+            if id != 0 && self.store.mvcc.read().or_recover().lease(id).is_none() {
                 return id;
             }
         }
@@ -320,7 +321,7 @@ impl Node {
         let revision = if revision > 0 {
             revision
         } else {
-            self.store.mvcc.read().expect("poisoned").revision()
+            self.store.mvcc.read().or_recover().revision()
         };
         ResponseHeader {
             cluster_id: self.cluster_id.load(Ordering::Relaxed),
@@ -623,7 +624,7 @@ where
 {
     let (tx, rx) = tokio::sync::oneshot::channel();
     let start = {
-        let mut q = queue.lock().expect("poisoned");
+        let mut q = queue.lock().or_recover();
         q.waiting.push(tx);
         !std::mem::replace(&mut q.running, true)
     };
@@ -635,7 +636,7 @@ where
             let _unstick = Unstick(queue.clone());
             loop {
                 let waiting = {
-                    let mut q = queue.lock().expect("poisoned");
+                    let mut q = queue.lock().or_recover();
                     if q.waiting.is_empty() {
                         q.running = false;
                         return;
@@ -694,7 +695,7 @@ impl Admission {
         }
         drop(slot);
         let now = tokio::time::Instant::now();
-        let mut last = self.logged.lock().expect("poisoned");
+        let mut last = self.logged.lock().or_recover();
         if last.is_none_or(|at| now - at >= Duration::from_secs(10)) {
             *last = Some(now);
             tracing::warn!(
@@ -761,7 +762,10 @@ mod tests {
             );
         }
         assert_eq!(rounds.load(Ordering::SeqCst), 2);
-        assert!(!queue.lock().unwrap().running, "the round task ends when nobody waits");
+        assert!(
+            !queue.lock().or_recover().running,
+            "the round task ends when nobody waits"
+        );
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! hands to the leader. openraft's messages travel bincode-encoded in a `PeerMessage`
 //! envelope that also carries the cluster id, so members of different clusters never mix.
 
+use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -54,7 +55,7 @@ type Contact = (LeaderId<u64>, Instant);
 
 impl Contacts {
     fn record(&self, target: u64, leader: LeaderId<u64>, sent: Instant) {
-        let mut m = self.0.lock().expect("poisoned");
+        let mut m = self.0.lock().or_recover();
         let e = m.entry(target).or_insert((leader, sent));
         if e.0 != leader || e.1 < sent {
             *e = (leader, sent);
@@ -68,7 +69,7 @@ impl Contacts {
         leader: &LeaderId<u64>,
         since: Instant,
     ) -> Vec<u64> {
-        let m = self.0.lock().expect("poisoned");
+        let m = self.0.lock().or_recover();
         members
             .into_iter()
             .filter(|id| !m.get(id).is_some_and(|(l, at)| l == leader && *at >= since))
@@ -78,7 +79,7 @@ impl Contacts {
 
 impl PeerClients {
     pub fn get(&self, url: &str) -> Result<RaftPeerClient<Channel>, Status> {
-        let mut cache = self.cache.lock().expect("poisoned");
+        let mut cache = self.cache.lock().or_recover();
         if let Some(c) = cache.get(url) {
             return Ok(c.clone());
         }

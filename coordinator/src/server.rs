@@ -4,6 +4,7 @@
 //! [`run`] takes bound listeners and a shutdown future (tests bind `127.0.0.1:0`). Shutdown
 //! order: stop taking requests, stop the loops, stop Raft, flush storage.
 
+use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -98,7 +99,7 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
     let leases: Vec<(i64, i64)> = shared
         .mvcc
         .read()
-        .expect("poisoned")
+        .or_recover()
         .leases()
         .map(|(id, l)| (*id, l.ttl))
         .collect();
@@ -273,7 +274,7 @@ async fn publish_attributes(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
         client_urls: node.client_urls.clone(),
     };
     loop {
-        if node.store.mvcc.read().expect("poisoned").member(node.id) == Some(&attrs) {
+        if node.store.mvcc.read().or_recover().member(node.id) == Some(&attrs) {
             return;
         }
         let req = InternalRequest {
@@ -309,7 +310,7 @@ async fn promote_learners(node: Arc<Node>, mut stop: watch::Receiver<bool>) {
             let m = node.raft.metrics();
             let m = m.borrow();
             let last = m.last_log_index.unwrap_or(0);
-            let mvcc = node.store.mvcc.read().expect("poisoned");
+            let mvcc = node.store.mvcc.read().or_recover();
             m.membership_config
                 .membership()
                 .learner_ids()

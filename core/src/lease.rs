@@ -26,5 +26,5 @@ pub const OUTAGE_GRACE_TTLS: u32 = 6;
 /// How long "no leader" answers may keep units up after the last real acknowledgement of
 /// a lease with this TTL, and how long a leader in doubt waits before expiring it.
 pub fn outage_grace(ttl: Duration) -> Duration {
-    ttl * OUTAGE_GRACE_TTLS
+    ttl.saturating_mul(OUTAGE_GRACE_TTLS)
 }

@@ -171,6 +171,11 @@ impl ProcessCluster {
         &self.members[i].log_path
     }
 
+    /// Member `i`'s process id, while it runs.
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.members[i].child().as_ref().map(Child::id)
+    }
+
     /// Whether member `i`'s process is running (started, not killed, stopped, removed or
     /// exited on its own).
     pub fn is_running(&self, i: usize) -> bool {

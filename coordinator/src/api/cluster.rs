@@ -4,6 +4,7 @@
 //! the leader once it has caught up (see [`crate::server`]'s promoter), so adding a member
 //! that has not started yet never costs the cluster its quorum.
 
+use crate::sync::Recover;
 use std::sync::Arc;
 
 use esfleet_proto::etcdserverpb::{self as pb, cluster_server::Cluster};
@@ -24,7 +25,7 @@ pub fn members(node: &Node) -> Vec<pb::Member> {
     let metrics = metrics.borrow();
     let membership = metrics.membership_config.membership();
     let voters: std::collections::BTreeSet<u64> = membership.voter_ids().collect();
-    let m = node.store.mvcc.read().expect("poisoned");
+    let m = node.store.mvcc.read().or_recover();
     membership
         .nodes()
         .map(|(id, n)| {

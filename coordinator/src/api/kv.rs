@@ -1,5 +1,6 @@
 //! etcd's KV service.
 
+use crate::sync::Recover;
 use std::sync::Arc;
 
 use esfleet_proto::etcdserverpb::{self as pb, kv_server::Kv};
@@ -52,7 +53,7 @@ impl Kv for KvService {
         if !r.serializable {
             self.node.linearizable().await?;
         }
-        let m = self.node.store.mvcc.read().expect("poisoned");
+        let m = self.node.store.mvcc.read().or_recover();
         let mut resp = m.range(&r).map_err(mvcc_status)?;
         let rev = m.revision();
         drop(m);
@@ -102,7 +103,7 @@ impl Kv for KvService {
         if is_read_only(&t) {
             // Served locally after a read index, like etcd's read-only txns: no Raft write.
             self.node.linearizable().await?;
-            let m = self.node.store.mvcc.read().expect("poisoned");
+            let m = self.node.store.mvcc.read().or_recover();
             let mut resp = m.read_txn(&t).map_err(mvcc_status)?;
             let rev = m.revision();
             drop(m);

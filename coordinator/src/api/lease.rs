@@ -1,6 +1,7 @@
 //! etcd's Lease service. Grants and revocations go through Raft; keepalives and
 //! time-to-live are answered by the leader from memory (see [`crate::lease`]).
 
+use crate::sync::Recover;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -109,7 +110,7 @@ impl Lease for LeaseService {
             .store
             .mvcc
             .read()
-            .expect("poisoned")
+            .or_recover()
             .leases()
             .map(|(id, _)| pb::LeaseStatus { id: *id })
             .collect();

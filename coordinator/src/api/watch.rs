@@ -2,6 +2,7 @@
 //! state: live events come from the state machine's broadcast; a watcher that starts in
 //! the past, or falls behind the broadcast, catches up from stored history first.
 
+use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -155,7 +156,7 @@ impl Session {
             self.next_id += 1;
             self.next_id - 1
         };
-        let current = self.node.store.mvcc.read().expect("poisoned").revision();
+        let current = self.node.store.mvcc.read().or_recover().revision();
         let next_rev = if c.start_revision > 0 {
             c.start_revision
         } else {
@@ -189,7 +190,7 @@ impl Session {
         loop {
             let Some(w) = self.watchers.get(&id) else { return Ok(()) };
             let (found, next, current) = {
-                let m = self.node.store.mvcc.read().expect("poisoned");
+                let m = self.node.store.mvcc.read().or_recover();
                 if w.next_rev > m.revision() {
                     return Ok(());
                 }
@@ -215,7 +216,7 @@ impl Session {
                     }
                 }
                 Err(MvccError::Kv(KvError::Compacted)) => {
-                    let compact = self.node.store.mvcc.read().expect("poisoned").compact_revision();
+                    let compact = self.node.store.mvcc.read().or_recover().compact_revision();
                     self.watchers.remove(&id);
                     return self
                         .send(pb::WatchResponse {

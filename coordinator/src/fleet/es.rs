@@ -13,6 +13,7 @@
 //! keeps the stored value. Every write is a compare-and-set Txn; an apply's also requires
 //! that no cluster record changed since the read its port check used.
 
+use crate::sync::Recover;
 use std::collections::BTreeMap;
 
 use esfleet_core::es::{self as core_es, ClusterRecord, ClusterSpec, Role, Runtime};
@@ -221,7 +222,7 @@ fn port_clash(
 impl FleetService {
     async fn es_snapshot(&self) -> Result<EsSnapshot, Status> {
         self.node.linearizable().await?;
-        let m = self.node.store.mvcc.read().expect("poisoned");
+        let m = self.node.store.mvcc.read().or_recover();
         // One read lock: the units and the records are at the same revision.
         let units = StoreSnapshot::read(&m).map_err(crate::api::kv::mvcc_status)?;
         let (_, kvs) = read_prefix(&m, keys::ES).map_err(crate::api::kv::mvcc_status)?;

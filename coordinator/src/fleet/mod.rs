@@ -11,6 +11,7 @@
 mod es;
 pub mod info;
 
+use crate::sync::Recover;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -128,12 +129,12 @@ impl FleetService {
     /// A linearizable snapshot of `/esfleet/`.
     async fn snapshot(&self) -> Result<StoreSnapshot, Status> {
         self.node.linearizable().await?;
-        let m = self.node.store.mvcc.read().expect("poisoned");
+        let m = self.node.store.mvcc.read().or_recover();
         StoreSnapshot::read(&m).map_err(crate::api::kv::mvcc_status)
     }
 
     fn local_snapshot(&self) -> Result<StoreSnapshot, Status> {
-        let m = self.node.store.mvcc.read().expect("poisoned");
+        let m = self.node.store.mvcc.read().or_recover();
         StoreSnapshot::read(&m).map_err(crate::api::kv::mvcc_status)
     }
 
@@ -618,7 +619,7 @@ impl Fleet for FleetService {
         let members: Vec<pb::MemberStatus> = futures::future::join_all(probes).await;
         let healthy_voters = members.iter().filter(|m| m.reachable && !m.is_learner).count();
         let (revision, epoch) = {
-            let m = self.node.store.mvcc.read().expect("poisoned");
+            let m = self.node.store.mvcc.read().or_recover();
             let epoch = crate::scheduler::snapshot::read_prefix(&m, keys::SCHEDULER_EPOCH)
                 .ok()
                 .and_then(|(_, kvs)| {

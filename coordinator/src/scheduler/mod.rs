@@ -21,6 +21,7 @@ pub mod snapshot;
 pub mod tracker;
 pub mod txn;
 
+use crate::sync::Recover;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,7 +279,7 @@ impl Leading {
         // Reading and parsing everything is CPU work (hundreds of ms at 10,000 units): off
         // the async workers, which also carry Raft's heartbeats.
         let node = self.node.clone();
-        let snap = tokio::task::spawn_blocking(move || StoreSnapshot::read(&node.store.mvcc.read().expect("poisoned")))
+        let snap = tokio::task::spawn_blocking(move || StoreSnapshot::read(&node.store.mvcc.read().or_recover()))
             .await
             .map_err(|e| PassError::Store(e.to_string()))?
             .map_err(|e| PassError::Store(e.to_string()))?;

@@ -7,6 +7,7 @@
 //! machine's metadata together. The real backend is sled ([`super::sled_backend`], the only
 //! module that imports sled); [`MemBackend`] serves fast tests and the conformance suite.
 
+use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -83,7 +84,7 @@ pub struct MemBackend {
 
 impl Backend for MemBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, BackendError> {
-        Ok(self.map.lock().expect("poisoned").get(key).cloned())
+        Ok(self.map.lock().or_recover().get(key).cloned())
     }
 
     fn scan(&self, start: &[u8], end: &[u8], f: &mut dyn FnMut(&[u8], &[u8]) -> bool) -> Result<(), BackendError> {
@@ -93,7 +94,7 @@ impl Backend for MemBackend {
         // Copy out first: the visitor may read the backend again (as sled allows), and
         // holding the lock across it would deadlock.
         let items: Vec<KeyValuePair> = {
-            let map = self.map.lock().expect("poisoned");
+            let map = self.map.lock().or_recover();
             map.range(start.to_vec()..end.to_vec())
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect()
@@ -110,7 +111,7 @@ impl Backend for MemBackend {
         if start >= end {
             return Ok(None);
         }
-        let map = self.map.lock().expect("poisoned");
+        let map = self.map.lock().or_recover();
         Ok(map
             .range(start.to_vec()..end.to_vec())
             .next_back()
@@ -118,7 +119,7 @@ impl Backend for MemBackend {
     }
 
     fn write(&self, batch: WriteBatch) -> Result<(), BackendError> {
-        let mut map = self.map.lock().expect("poisoned");
+        let mut map = self.map.lock().or_recover();
         for (k, v) in batch.ops {
             match v {
                 Some(v) => map.insert(k, v),

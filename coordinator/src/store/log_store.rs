@@ -16,6 +16,7 @@
 // return it too rather than convert at every call.
 #![allow(clippy::result_large_err)]
 
+use crate::sync::Recover;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex};
@@ -117,20 +118,20 @@ impl LogStore {
         let next_delete = self.delete_purged(&mut b, deletions_per_append(n))?;
         self.backend.write(b).map_err(write_err)?;
         if let Some(next) = next_delete {
-            self.purged.lock().expect("poisoned").next_delete = next;
+            self.purged.lock().or_recover().next_delete = next;
         }
         Ok(())
     }
 
     fn purged_upto(&self) -> Option<LogId> {
-        self.purged.lock().expect("poisoned").upto
+        self.purged.lock().or_recover().upto
     }
 
     /// Adds to `b` the deletion of up to `limit` purged entries still stored; returns the
     /// new `next_delete`, to record once `b` is written.
     fn delete_purged(&self, b: &mut WriteBatch, limit: usize) -> Result<Option<u64>, StorageError> {
         let (upto, from) = {
-            let p = self.purged.lock().expect("poisoned");
+            let p = self.purged.lock().or_recover();
             match p.upto {
                 Some(upto) if p.next_delete <= upto.index => (upto.index, p.next_delete),
                 _ => return Ok(None),
@@ -298,7 +299,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // Only the record here; the entries go with later appends (see the module doc).
         self.put_meta("last-purged", &Some(log_id))?;
         self.flush_now().await?;
-        self.purged.lock().expect("poisoned").upto = Some(log_id);
+        self.purged.lock().or_recover().upto = Some(log_id);
         Ok(())
     }
 }
@@ -387,7 +388,7 @@ mod tests {
             .unwrap();
         log.write_entries(entries(1_000_001, 1_000_002)).unwrap();
         assert_eq!(stored(&backend), vec![1_000_001]);
-        assert_eq!(log.purged.lock().unwrap().next_delete, 1_000_001);
+        assert_eq!(log.purged.lock().or_recover().next_delete, 1_000_001);
     }
 
     #[tokio::test]

@@ -27,6 +27,9 @@ use super::keys;
 
 /// A request the store refuses. Deterministic: every member refuses it the same way.
 /// Messages are etcd's, so etcd clients recognise them.
+/// Longest lease TTL, in seconds (etcd's `MaxLeaseTTL`).
+pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
     #[error("etcdserver: mvcc: required revision has been compacted")]
@@ -37,6 +40,8 @@ pub enum KvError {
     LeaseNotFound,
     #[error("etcdserver: lease already exists")]
     LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: key not found")]
     KeyNotFound,
 }
@@ -49,6 +54,7 @@ impl KvError {
             KvError::Compacted | KvError::FutureRev => Code::OutOfRange,
             KvError::LeaseNotFound => Code::NotFound,
             KvError::LeaseExists => Code::FailedPrecondition,
+            KvError::LeaseTtlTooLarge => Code::OutOfRange,
             KvError::KeyNotFound => Code::InvalidArgument,
         }) as i32
     }
@@ -681,6 +687,16 @@ impl Mvcc {
         batch: &mut WriteBatch,
         changes: &mut Changes,
     ) -> Result<(), KvError> {
+        // Checked again here, not only where a client's request arrives: a proposal can
+        // come from a peer's Forward or an older member, and whatever is applied becomes
+        // every member's state and every replay's.
+        if id == 0 {
+            return Err(KvError::LeaseNotFound);
+        }
+        if ttl > MAX_LEASE_TTL {
+            return Err(KvError::LeaseTtlTooLarge);
+        }
+        let ttl = ttl.max(1);
         if self.leases.contains_key(&id) {
             return Err(KvError::LeaseExists);
         }

@@ -7,6 +7,7 @@
 // return it too rather than convert at every call.
 #![allow(clippy::result_large_err)]
 
+use crate::sync::Recover;
 use std::sync::{Arc, Mutex, RwLock};
 
 use esfleet_proto::etcdserverpb as pb;
@@ -93,7 +94,7 @@ pub struct StoreShared {
 
 impl StoreShared {
     pub fn observe_leases(&self, o: Arc<dyn LeaseObserver>) {
-        *self.lease_observer.write().expect("poisoned") = Some(o);
+        *self.lease_observer.write().or_recover() = Some(o);
     }
 }
 
@@ -117,7 +118,7 @@ impl Snapshots {
     /// Makes `new` (a complete file) the current snapshot unless the current one is at
     /// least as recent (an install can overtake a build); deletes whichever lost. Blocking.
     fn replace(&self, new: SnapshotPointer) -> Result<(), StorageError> {
-        let mut current = self.current.lock().expect("poisoned");
+        let mut current = self.current.lock().or_recover();
         let newer = current
             .as_ref()
             .is_none_or(|c| c.meta.last_log_id < new.meta.last_log_id);
@@ -267,7 +268,7 @@ impl StateMachine {
                 Ok(()) => A::LeaseGrant(pb::LeaseGrantResponse {
                     header: None,
                     id: g.id,
-                    ttl: g.ttl,
+                    ttl: g.ttl.max(1),
                     error: String::new(),
                 }),
                 Err(e) => refused(e),
@@ -292,7 +293,7 @@ impl StateMachine {
     }
 
     fn notify(&self, changes: Changes) {
-        if let Some(o) = self.shared.lease_observer.read().expect("poisoned").as_ref() {
+        if let Some(o) = self.shared.lease_observer.read().or_recover().as_ref() {
             for (id, ttl) in &changes.leases_granted {
                 o.granted(*id, *ttl);
             }
@@ -327,7 +328,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let mut batch = WriteBatch::default();
             let mut changes = Changes::default();
             let resp = {
-                let mut m = self.shared.mvcc.write().expect("poisoned");
+                let mut m = self.shared.mvcc.write().or_recover();
                 let resp = match entry.payload {
                     EntryPayload::Blank => internal_response::Response::Empty(Empty {}),
                     EntryPayload::Normal(req) => Self::apply_request(&mut m, req, &mut batch, &mut changes)
@@ -364,7 +365,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
         self.snapshot_seq += 1;
         // Captured now, under the lock, so the snapshot is exactly the state at `applied`.
-        let body = self.shared.mvcc.read().expect("poisoned").snapshot();
+        let body = self.shared.mvcc.read().or_recover().snapshot();
         SnapshotBuilder {
             body: body.map_err(|e| e.to_string()),
             meta: self.meta.clone(),
@@ -422,8 +423,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             len,
         };
         let (revision, leases, old) = {
-            let mut m = self.shared.mvcc.write().expect("poisoned");
-            let mut current = snaps.current.lock().expect("poisoned");
+            let mut m = self.shared.mvcc.write().or_recover();
+            let mut current = snaps.current.lock().or_recover();
             let mut batch = WriteBatch::default();
             m.restore(body, &mut batch).map_err(|e| sm_err(ErrorVerb::Write, e))?;
             batch.put(
@@ -449,7 +450,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             snaps.remove_quietly(&old.file);
         }
         self.meta = new_meta;
-        if let Some(o) = self.shared.lease_observer.read().expect("poisoned").as_ref() {
+        if let Some(o) = self.shared.lease_observer.read().or_recover().as_ref() {
             o.reset(leases);
         }
         let _ = self
@@ -460,7 +461,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
-        let current = self.snapshots.current.lock().expect("poisoned");
+        let current = self.snapshots.current.lock().or_recover();
         let Some(p) = current.as_ref() else { return Ok(None) };
         let file = self
             .snapshots
@@ -590,7 +591,7 @@ mod tests {
     }
 
     fn value(sm: &StateMachine, key: &str) -> Option<Bytes> {
-        let m = sm.shared.mvcc.read().unwrap();
+        let m = sm.shared.mvcc.read().or_recover();
         let r = m
             .range(&RangeRequest {
                 key: Bytes::copy_from_slice(key.as_bytes()),
@@ -637,7 +638,7 @@ mod tests {
         let backend = mem();
         let mut sm = open(&backend, dir.path()).unwrap();
         apply_puts(&mut sm, 1, 3).await;
-        let before = sm.shared.mvcc.read().unwrap().revision();
+        let before = sm.shared.mvcc.read().or_recover().revision();
         // A length-delimited field that runs past the end: not protobuf.
         let garbled: Request = bincode::deserialize(&bincode::serialize(&vec![0x0au8, 0x7f, 0x01]).unwrap()).unwrap();
         let entry = Entry {
@@ -652,7 +653,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        assert_eq!(sm.shared.mvcc.read().unwrap().revision(), before);
+        assert_eq!(sm.shared.mvcc.read().or_recover().revision(), before);
         assert_eq!(sm.meta.applied.map(|l| l.index), Some(3), "applied all the same");
     }
 
@@ -718,7 +719,7 @@ mod tests {
         assert_eq!(std::fs::read(dir2.path().join(&names[0])).unwrap(), bytes);
         let (applied, _) = learner.applied_state().await.unwrap();
         assert_eq!(applied, sent.meta.last_log_id);
-        let revision = |sm: &StateMachine| sm.shared.mvcc.read().unwrap().revision();
+        let revision = |sm: &StateMachine| sm.shared.mvcc.read().or_recover().revision();
         assert_eq!(revision(&learner), revision(&leader));
         assert_eq!(value(&learner, "k42"), value(&leader, "k42"));
         assert!(value(&learner, "k42").is_some());
@@ -811,7 +812,7 @@ mod tests {
         let mut sm = open(&backend, dir.path()).unwrap();
         apply_puts(&mut sm, 1, 30).await;
         // What format 1 wrote: the body inside the store, no file.
-        let body = sm.shared.mvcc.read().unwrap().snapshot().unwrap();
+        let body = sm.shared.mvcc.read().or_recover().snapshot().unwrap();
         let meta = SnapshotMeta {
             last_log_id: Some(LogId::new(CommittedLeaderId::new(1, 1), 29)),
             last_membership: StoredMembership::default(),

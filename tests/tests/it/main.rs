@@ -16,6 +16,7 @@ mod t30_membership;
 mod t40_watch_resume;
 mod t45_compaction;
 mod t50_bad_input;
+mod t51_attacks;
 mod t60_systemd;
 mod t70_scheduler;
 mod t80_realcluster;

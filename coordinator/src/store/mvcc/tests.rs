@@ -285,6 +285,16 @@ fn leases_attach_refuse_and_revoke() {
         t.m.apply_lease_grant(9, 10, &mut batch, &mut changes),
         Err(KvError::LeaseExists)
     );
+    // Whatever proposed them (a peer's Forward included), grants are checked when applied.
+    for (id, ttl, want) in [
+        (10, i64::MAX, KvError::LeaseTtlTooLarge),
+        (10, MAX_LEASE_TTL + 1, KvError::LeaseTtlTooLarge),
+        (0, 10, KvError::LeaseNotFound),
+    ] {
+        assert_eq!(t.m.apply_lease_grant(id, ttl, &mut batch, &mut changes), Err(want));
+    }
+    t.m.apply_lease_grant(11, -5, &mut batch, &mut changes).unwrap();
+    assert_eq!(changes.leases_granted.last(), Some(&(11, 1)), "a TTL below 1 s is 1 s");
     t.backend.write(batch).unwrap();
     t.put_req(pb::PutRequest {
         key: b("k"),
