@@ -673,6 +673,40 @@ async fn a_stale_plan_is_refused() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_epoch_no_leader_wrote_does_not_park_the_scheduler() {
+    let c = Cluster::start(1000).await;
+    c.add_machine(1, &[]).await;
+    let node = c.running.as_ref().unwrap().node.clone();
+    let term = node.raft.metrics().borrow().current_term;
+    // Written by a client (an etcdctl put): the highest epoch there can be, then one that
+    // is not a number. Either once stood the scheduler down until the next election.
+    let forged = [scheduler::snapshot::encode_epoch(u64::MAX), "garbage".to_string()];
+    for (i, value) in forged.iter().enumerate() {
+        c.kv()
+            .put(etcd::PutRequest {
+                key: keys::SCHEDULER_EPOCH.into(),
+                value: value.clone().into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let unit = format!("e{i}.service");
+        c.submit(&[(unit.as_str(), PLAIN)]).await.unwrap();
+        c.set(&[unit.as_str()], "launched").await.unwrap();
+        eventually(&format!("{unit} placed after epoch {value:?}"), || async {
+            if c.machines_of(&unit).len() == 1 {
+                Ok(())
+            } else {
+                Err(format!("epoch {:?}", c.snapshot().epoch))
+            }
+        })
+        .await;
+        assert_eq!(c.snapshot().epoch, Some(term), "the leader's own epoch is back");
+    }
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_fleet_api_refuses_bad_input_with_a_clear_error() {
     let c = Cluster::start(1000).await;
     let err = c.submit(&[("../etc/passwd", PLAIN)]).await.unwrap_err();

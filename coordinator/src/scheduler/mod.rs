@@ -291,6 +291,31 @@ impl Leading {
         Ok(snap)
     }
 
+    /// Whether this member still leads in the scheduler's term, confirmed by a quorum now:
+    /// then no later term has a majority, so no later leader can have written an epoch.
+    async fn still_leading(&self) -> bool {
+        self.node.leader_read_index().await.is_ok() && self.node.raft.metrics().borrow().current_term == self.term
+    }
+
+    /// Overwrites an epoch no leader wrote (`why`), unless it changed since `snap`.
+    async fn replace_forged_epoch(&mut self, snap: &StoreSnapshot, why: &str) -> Result<(), PassError> {
+        let Some(rev) = snap.epoch_revision else { return Ok(()) };
+        tracing::warn!(
+            term = self.term,
+            "the stored scheduler epoch is {why}: no leader wrote it; replacing it (who can write {}?)",
+            keys::SCHEDULER_EPOCH
+        );
+        let txn = pb::TxnRequest {
+            compare: vec![txn::mod_is(keys::SCHEDULER_EPOCH, rev)],
+            success: vec![txn::put(keys::SCHEDULER_EPOCH, encode_epoch(self.term))],
+            failure: vec![],
+        };
+        txn::propose(&self.node, txn)
+            .await
+            .map_err(|s| PassError::Store(s.message().to_string()))?;
+        Ok(())
+    }
+
     /// Writes `epoch = term` unless a newer epoch is stored.
     async fn write_epoch(&mut self) -> Result<(), PassError> {
         let mine = encode_epoch(self.term);
@@ -316,10 +341,20 @@ impl Leading {
         let started = Instant::now();
         let mut snap = self.read().await?;
         if snap.epoch != Some(self.term) {
-            // A newer term took over: stand down. A missing or older epoch (deleted or
-            // garbled by hand) is written again: `write_epoch` never lowers a newer one.
+            // A newer term took over: stand down. A missing or older epoch (deleted by
+            // hand) is written again: `write_epoch` never lowers a newer one. An epoch
+            // that is no term at all (garbled, or above every term while this leader
+            // still holds a quorum: written by a client, never by a leader) would park
+            // scheduling for good; it is overwritten.
+            let garbled = snap.epoch.is_none() && snap.epoch_revision.is_some();
             if let Some(e) = snap.epoch.filter(|e| *e > self.term) {
-                return Err(PassError::Deposed(e));
+                if !self.still_leading().await {
+                    return Err(PassError::Deposed(e));
+                }
+                self.replace_forged_epoch(&snap, &format!("{e}, above the current term {}", self.term))
+                    .await?;
+            } else if garbled && self.still_leading().await {
+                self.replace_forged_epoch(&snap, "not a number").await?;
             }
             self.write_epoch().await?;
             snap = self.read().await?;

@@ -31,6 +31,8 @@ pub struct StoreSnapshot {
     pub unplaceable: BTreeMap<UnitName, String>,
     /// The scheduler epoch (a Raft term), when one was written.
     pub epoch: Option<u64>,
+    /// The epoch key's mod_revision when it exists, readable or not.
+    pub epoch_revision: Option<i64>,
     /// Elasticsearch cluster definitions, by name, and each key's mod_revision.
     pub es: BTreeMap<String, esfleet_core::es::ClusterRecord>,
     pub es_revisions: BTreeMap<String, i64>,
@@ -143,6 +145,7 @@ impl StoreSnapshot {
             }
             self.retired.entry(machine.to_string()).or_default().insert(unit, rec);
         } else if key == keys::SCHEDULER_EPOCH {
+            self.epoch_revision = Some(kv.mod_revision);
             self.epoch = Some(decode_epoch(&kv.value).ok_or("not a number")?);
         }
         // Anything else under /esfleet/ is not ours to judge.
