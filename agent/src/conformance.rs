@@ -27,7 +27,13 @@ pub trait Hooks: Send + Sync {
     fn add_foreign_unit(&self, name: &UnitName, text: &str) -> Result<(), String>;
     /// Remove what `add_foreign_unit` put there.
     fn remove_foreign_unit(&self, name: &UnitName) -> Result<(), String>;
+    /// Make sure the host has [`HOST_UNIT`] as a unit of its own, outside the manager's
+    /// directory (real systemd always has it).
+    fn has_host_unit(&self) -> Result<(), String>;
 }
+
+/// A unit every systemd host has of its own.
+pub const HOST_UNIT: &str = "systemd-journald.service";
 
 /// How to run the suite.
 #[derive(Debug, Clone)]
@@ -139,6 +145,7 @@ pub async fn run<M: UnitManager>(m: &M, hooks: &dyn Hooks, cfg: &Config) -> Repo
     case!(template_instance);
     case!(change_notices);
     case!(installed_lists_ours);
+    case!(never_shadows_a_hosts_unit);
     report.cleanup = s.cleanup().await;
     report.figures = s.figures;
     report
@@ -644,6 +651,44 @@ impl<M: UnitManager> Suite<'_, M> {
         })
     }
 
+    fn never_shadows_a_hosts_unit(&mut self) -> CaseFuture<'_> {
+        Box::pin(async move {
+            // One of the host's own units, e.g. in /lib/systemd/system.
+            self.hooks.has_host_unit()?;
+            let host = UnitName::new(HOST_UNIT).map_err(|e| e.to_string())?;
+            match self.m.install(&host, SLEEPER, DROPIN).await {
+                Err(ManagerError::Foreign { .. }) => {}
+                other => return Err(format!("install of the host's {host} was not refused: {other:?}")),
+            }
+            let listed = self.m.installed().await.map_err(|e| err("installed", e))?;
+            ensure!(!listed.contains(&host), "installed() lists {host}");
+            // An admin's unit file in the manager's own directory, loaded by systemd.
+            let foreign = self.unit("admins");
+            self.foreign.insert(foreign.clone());
+            self.hooks.add_foreign_unit(&foreign, SLEEPER)?;
+            self.m.reload().await.map_err(|e| err("reload", e))?;
+            match self
+                .m
+                .install(&foreign, "[Service]\nExecStart=/bin/true\n", DROPIN)
+                .await
+            {
+                Err(ManagerError::Foreign { .. }) => {}
+                other => return Err(format!("install over an admin's {foreign} was not refused: {other:?}")),
+            }
+            let listed = self.m.installed().await.map_err(|e| err("installed", e))?;
+            ensure!(!listed.contains(&foreign), "the admin's {foreign} became esfleet's");
+            // A unit of ours that ran, was removed and comes back is ours again.
+            let again = self.unit("again");
+            self.install(&again, SLEEPER).await?;
+            self.start(&again).await?;
+            self.stop(&again).await?;
+            self.m.uninstall(&again).await.map_err(|e| err("uninstall", e))?;
+            self.m.reload().await.map_err(|e| err("reload", e))?;
+            self.install(&again, SLEEPER).await?;
+            Ok(())
+        })
+    }
+
     /// Stops, disables and removes everything the cases touched. Returns what went wrong.
     async fn cleanup(&mut self) -> Vec<String> {
         let mut problems = Vec::new();
@@ -707,6 +752,13 @@ mod tests {
         }
         fn remove_foreign_unit(&self, name: &UnitName) -> Result<(), String> {
             self.0.remove_foreign_unit(name);
+            Ok(())
+        }
+        fn has_host_unit(&self) -> Result<(), String> {
+            self.0.add_host_unit(
+                &UnitName::new(HOST_UNIT).unwrap(),
+                "[Service]\nExecStart=/lib/systemd/systemd-journald\n",
+            );
             Ok(())
         }
     }

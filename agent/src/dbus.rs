@@ -70,6 +70,7 @@ trait Manager {
     fn restart_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn reset_failed_unit(&self, name: &str) -> zbus::Result<()>;
     fn list_units_by_names(&self, names: &[&str]) -> zbus::Result<Vec<UnitRow>>;
+    fn get_unit_file_state(&self, file: &str) -> zbus::Result<String>;
     fn enable_unit_files(
         &self,
         files: &[&str],
@@ -324,6 +325,34 @@ async fn forward_changes(
 
 impl UnitManager for SystemdManager {
     async fn install(&self, name: &UnitName, text: &str, dropin: &str) -> Result<bool> {
+        if !self.dir.owns(name)? {
+            // Not written by us yet: systemd must not know the name from anywhere else.
+            // A template cannot be loaded, only its file looked up; any other unit is
+            // loaded by ListUnitsByNames if it has to be (a disabled unit in
+            // /lib/systemd/system answers `loaded`), which also finds transient and
+            // generated units and instances of the host's templates.
+            let why = if name.is_template() {
+                match self.manager.get_unit_file_state(name.as_str()).await {
+                    Ok(state) => Some(format!("a unit file systemd reports {state}")),
+                    // No such file anywhere (zbus maps the standard D-Bus error name).
+                    Err(zbus::Error::FDO(e)) if matches!(*e, zbus::fdo::Error::FileNotFound(_)) => None,
+                    Err(zbus::Error::MethodError(e, _, _)) if e.as_str() == NO_SUCH_UNIT => None,
+                    Err(e) => return Err(call_error("GetUnitFileState", name.as_str(), e)),
+                }
+            } else {
+                let known = self.states(std::slice::from_ref(name)).await?;
+                known
+                    .iter()
+                    .find(|s| s.load != "not-found")
+                    .map(|s| format!("systemd has it {}, {}", s.load, s.active))
+            };
+            if let Some(why) = why {
+                return Err(ManagerError::Foreign {
+                    unit: name.to_string(),
+                    why,
+                });
+            }
+        }
         self.dir.install(name, text, dropin)
     }
 

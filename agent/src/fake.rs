@@ -177,6 +177,8 @@ struct State {
     disk: BTreeMap<UnitName, Files>,
     /// What systemd has loaded.
     loaded: BTreeMap<UnitName, Loaded>,
+    /// Units of the host's own, in systemd's other directories.
+    host: BTreeMap<UnitName, String>,
     enabled: BTreeSet<UnitName>,
     failures: HashMap<Op, Vec<String>>,
     start_results: HashMap<UnitName, JobOutcome>,
@@ -370,6 +372,18 @@ impl State {
 
     fn status(&mut self, name: &UnitName) -> UnitStatus {
         self.load(name);
+        if self.host.contains_key(name) && !self.disk.contains_key(name) {
+            // The host's own service, running as it does there.
+            return UnitStatus {
+                name: name.clone(),
+                load: "loaded".to_string(),
+                active: "active".to_string(),
+                sub: "running".to_string(),
+                since_usec: 1,
+                n_restarts: 0,
+                main_pid: 1,
+            };
+        }
         match self.loaded.get(name) {
             Some(unit) => UnitStatus {
                 name: name.clone(),
@@ -465,6 +479,11 @@ impl FakeUnitManager {
         );
     }
 
+    /// A unit the host has outside esfleet's directory (`/lib/systemd/system/<name>`).
+    pub fn add_host_unit(&self, name: &UnitName, text: &str) {
+        self.lock().host.insert(name.clone(), text.to_string());
+    }
+
     /// Removes what [`FakeUnitManager::add_foreign_unit`] added.
     pub fn remove_foreign_unit(&self, name: &UnitName) {
         let mut st = self.lock();
@@ -507,6 +526,18 @@ impl UnitManager for FakeUnitManager {
     async fn install(&self, name: &UnitName, text: &str, dropin: &str) -> Result<bool> {
         let mut st = self.lock();
         st.enter(Op::Install, Some(name))?;
+        if st.host.contains_key(name) {
+            return Err(ManagerError::Foreign {
+                unit: name.to_string(),
+                why: format!("/lib/systemd/system/{name}"),
+            });
+        }
+        if st.disk.get(name).is_some_and(|f| f.dropin.is_none()) {
+            return Err(ManagerError::Foreign {
+                unit: name.to_string(),
+                why: "a file in the unit directory without esfleet's drop-in".to_string(),
+            });
+        }
         let files = Files {
             text: text.to_string(),
             dropin: Some(dropin.to_string()),

@@ -83,6 +83,15 @@ pub enum ManagerError {
     },
     #[error("job for {unit} did not finish within {secs} s")]
     JobTimeout { unit: String, secs: u64 },
+    /// The host already has a unit of this name that esfleet did not write (in systemd's
+    /// other unit directories, generated, or an admin's file in esfleet's own directory).
+    /// esfleet's file would shadow it, and starting, stopping or destroying the esfleet
+    /// unit would act on the host's service (`ssh.service`, `systemd-journald.service`).
+    #[error(
+        "{unit} is already a unit on this host ({why}) that esfleet did not write; esfleet will not replace \
+         or shadow it: give the esfleet unit another name"
+    )]
+    Foreign { unit: String, why: String },
 }
 
 pub type Result<T> = std::result::Result<T, ManagerError>;
@@ -91,6 +100,8 @@ pub type Result<T> = std::result::Result<T, ManagerError>;
 pub trait UnitManager: Send + Sync + 'static {
     /// Writes the unit file and its drop-in (atomically: temp file + rename). Returns true
     /// when either file changed on disk (then the caller must `reload` before acting).
+    /// Refuses ([`ManagerError::Foreign`]) a name systemd already knows from anywhere but
+    /// a file this manager wrote.
     fn install(&self, name: &UnitName, text: &str, dropin: &str) -> impl Future<Output = Result<bool>> + Send;
 
     /// Removes the unit file and its drop-in directory. Returns true when anything was removed.

@@ -123,11 +123,23 @@ impl UnitDir {
         Ok(self.dropin_dir(name)?.join(DROPIN_NAME))
     }
 
+    /// Whether `name`'s file here is esfleet's (it has esfleet's drop-in).
+    pub fn owns(&self, name: &UnitName) -> Result<bool> {
+        Ok(fs::symlink_metadata(self.dropin_path(name)?).is_ok_and(|m| m.file_type().is_file()))
+    }
+
     /// Writes the unit file and its drop-in. Returns true when either changed on disk.
+    /// A unit file of that name here without esfleet's drop-in (an admin's) is refused.
     pub fn install(&self, name: &UnitName, text: &str, dropin: &str) -> Result<bool> {
         fs::create_dir_all(&self.dir).map_err(|e| io(&self.dir, e))?;
         let unit = self.unit_path(name)?;
         let ddir = self.dropin_dir(name)?;
+        if fs::symlink_metadata(&unit).is_ok() && !self.owns(name)? {
+            return Err(ManagerError::Foreign {
+                unit: name.to_string(),
+                why: format!("{} has no esfleet drop-in", unit.display()),
+            });
+        }
         match fs::symlink_metadata(&ddir) {
             Ok(meta) if meta.file_type().is_dir() => {}
             Ok(_) => {
@@ -264,9 +276,18 @@ mod tests {
         let target = tmp.path().join("elsewhere");
         fs::write(&target, "precious").unwrap();
         std::os::unix::fs::symlink(&target, tmp.path().join("b.service")).unwrap();
-        assert!(dir.install(&n("b.service"), "precious", "").unwrap());
+        // Not ours (no drop-in: `systemctl link`, a mask): refused, left as it is.
+        let e = dir.install(&n("b.service"), "mine", "").unwrap_err();
+        assert!(matches!(e, ManagerError::Foreign { .. }), "{e}");
+        assert!(e.to_string().contains("give the esfleet unit another name"), "{e}");
         assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
-        assert!(!fs::symlink_metadata(tmp.path().join("b.service"))
+        // Ours, with its file swapped for a symlink: replaced, never written through.
+        dir.install(&n("c.service"), "mine", "").unwrap();
+        fs::remove_file(tmp.path().join("c.service")).unwrap();
+        std::os::unix::fs::symlink(&target, tmp.path().join("c.service")).unwrap();
+        assert!(dir.install(&n("c.service"), "mine", "").unwrap());
+        assert_eq!(fs::read_to_string(&target).unwrap(), "precious");
+        assert!(!fs::symlink_metadata(tmp.path().join("c.service"))
             .unwrap()
             .file_type()
             .is_symlink());

@@ -1,13 +1,18 @@
 //! Unit names with systemd's (and fleet's) rules: `[a-zA-Z0-9:_.@-]+` plus a unit-type
-//! suffix, at most 256 characters, never `/` or `..`. A name is checked once, at the edge,
+//! suffix, at most 234 characters, never `/` or `..`. A name is checked once, at the edge,
 //! and a [`UnitName`] is valid from then on: the agent builds file paths from it.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-/// systemd's `UNIT_NAME_MAX`.
-pub const MAX_UNIT_NAME: usize = 256;
+/// The longest unit name. systemd's limit is 255 bytes (`UNIT_NAME_MAX` is 256 with the
+/// terminating NUL), and a host's file names are at most 255 bytes, but the agent also
+/// writes files named after the unit with suffixes: the drop-in directory (`<unit>.d`) and
+/// temporary files while writing atomically (`.<unit>.esfleet-tmp-<pid>`, 21 bytes more
+/// with a 7-digit pid). A longer name could be stored but never installed on any host, so
+/// it is refused where it enters.
+pub const MAX_UNIT_NAME: usize = 255 - ".".len() - ".esfleet-tmp-".len() - 7;
 
 /// The unit types systemd knows.
 pub const UNIT_TYPES: &[&str] = &[
@@ -192,6 +197,17 @@ mod tests {
         assert_eq!(n.template().unwrap().as_str(), "es-data@.service");
         assert!(UnitName::new("es-data@.service").unwrap().is_template());
         assert_eq!(UnitName::new("plain.service").unwrap().instance(), None);
+    }
+
+    #[test]
+    fn the_longest_name_fits_every_file_the_agent_names_after_it() {
+        assert_eq!(MAX_UNIT_NAME, 234);
+        let longest = format!("{}.service", "a".repeat(MAX_UNIT_NAME - ".service".len()));
+        UnitName::new(&longest).unwrap();
+        let tmp = format!(".{longest}.esfleet-tmp-{}", 4_194_304); // Linux's largest pid
+        assert!(tmp.len() <= 255, "{}", tmp.len());
+        let one_more = format!("a{longest}");
+        assert!(matches!(UnitName::new(&one_more), Err(NameError::TooLong(_))));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Hostile or broken schedule entries never reach systemd; each is reported in a state
 //! record with the reason, and the good units beside them run.
 
+use esfleet_agent::fake::Op;
 use esfleet_core::diff::MAX_UNIT_FILE_BYTES;
 use esfleet_core::keys;
 use esfleet_core::model::unit_hash;
@@ -54,14 +55,19 @@ async fn hostile_entries_are_refused_and_reported() {
     let mut smuggled = entry("env.service", SIMPLE, Fence::Stop);
     smuggled.env.insert("X".into(), "1\nExecStartPre=/bin/evil".into());
     schedule(&mut c, &id, &smuggled).await;
+    // A name the host already uses for a service of its own: writing it would shadow
+    // /lib/systemd/system/ssh.service, and stopping it would stop sshd.
+    fake.add_host_unit(&n("ssh.service"), "[Service]\nExecStart=/usr/sbin/sshd -D\n");
+    schedule(&mut c, &id, &entry("ssh.service", SIMPLE, Fence::Stop)).await;
     schedule(&mut c, &id, &good).await;
 
-    let all = eventually("six refusals and one running unit", || {
+    let all = eventually("seven refusals and one running unit", || {
         let mut c = cluster.client();
         let id = id.clone();
         async move {
             let s = states(&mut c, &id).await;
-            (s.len() == 7 && s.get("good.service").is_some_and(|g| g.active == "active")).then_some(s)
+            let refused = s.get("ssh.service").is_some_and(|u| u.error.is_some());
+            (s.len() == 8 && refused && s.get("good.service").is_some_and(|g| g.active == "active")).then_some(s)
         }
     })
     .await;
@@ -72,6 +78,20 @@ async fn hostile_entries_are_refused_and_reported() {
     assert!(reason("big.service").contains("256 KiB"));
     assert!(reason("forged.service").contains("hashes to"));
     assert!(reason("env.service").contains("newline"));
+    assert!(
+        reason("ssh.service").contains("already a unit on this host"),
+        "{}",
+        reason("ssh.service")
+    );
+    assert!(fake.file(&n("ssh.service")).is_none(), "ssh.service was shadowed");
+    for call in fake.calls() {
+        if call.unit.as_ref().is_some_and(|u| u.as_str() == "ssh.service") {
+            assert!(
+                matches!(call.op, Op::Install | Op::States),
+                "the host's ssh.service was acted on: {call:?}"
+            );
+        }
+    }
     assert!(all["good.service"].error.is_none());
 
     for bad in [

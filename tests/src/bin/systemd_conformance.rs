@@ -61,6 +61,10 @@ impl Hooks for RealHooks {
         let path = self.dir.unit_path(name).map_err(|e| e.to_string())?;
         std::fs::remove_file(&path).map_err(|e| format!("{}: {e}", path.display()))
     }
+
+    fn has_host_unit(&self) -> Result<(), String> {
+        Ok(()) // systemd-journald.service ships with systemd
+    }
 }
 
 #[tokio::main]
