@@ -344,6 +344,15 @@ impl Mvcc {
         self.load_kv(r)
     }
 
+    /// Whether the key has a live value at `at`, without reading it.
+    fn exists_at(&self, h: &KeyHistory, at: i64) -> bool {
+        if at >= self.revision {
+            return h.latest.is_some();
+        }
+        let pos = h.revs.partition_point(|r| r.main <= at);
+        pos > 0 && !h.revs[pos - 1].tombstone
+    }
+
     fn histories<'a>(&'a self, range: &KeyRange) -> Box<dyn Iterator<Item = (&'a Bytes, &'a KeyHistory)> + 'a> {
         if range.is_empty() {
             return Box::new(std::iter::empty());
@@ -366,8 +375,23 @@ impl Mvcc {
             return Err(KvError::Compacted.into());
         }
         let range = KeyRange::new(&req.key, &req.range_end);
+        // The response needs every match counted but holds at most `limit` of them when
+        // they come in key order (the index's), and none for `count_only`: a match that
+        // will not be returned is only counted, and without loading its value when no
+        // revision filter needs its record.
+        let filtered = req.min_mod_revision > 0
+            || req.max_mod_revision > 0
+            || req.min_create_revision > 0
+            || req.max_create_revision > 0;
+        let key_order = in_key_order(req.sort_order, req.sort_target);
+        let keep = |held: usize| !req.count_only && !(key_order && req.limit > 0 && held as i64 >= req.limit);
         let mut kvs = Vec::new();
+        let mut count: i64 = 0;
         for (_, h) in self.histories(&range) {
+            if !filtered && !keep(kvs.len()) {
+                count += i64::from(self.exists_at(h, at));
+                continue;
+            }
             let Some(kv) = self.kv_at(h, at)? else { continue };
             if (req.min_mod_revision > 0 && kv.mod_revision < req.min_mod_revision)
                 || (req.max_mod_revision > 0 && kv.mod_revision > req.max_mod_revision)
@@ -376,12 +400,14 @@ impl Mvcc {
             {
                 continue;
             }
-            kvs.push(kv);
+            count += 1;
+            if keep(kvs.len()) {
+                kvs.push(kv);
+            }
         }
-        let count = kvs.len() as i64;
         sort_kvs(&mut kvs, req.sort_order, req.sort_target);
         let mut more = false;
-        if req.limit > 0 && kvs.len() as i64 > req.limit {
+        if req.limit > 0 && count > req.limit {
             kvs.truncate(req.limit as usize);
             more = true;
         }
@@ -1077,6 +1103,14 @@ fn compare_kv(c: &Compare, kv: &KeyValue) -> bool {
         CompareResult::Less => ord.is_lt(),
         CompareResult::NotEqual => ord.is_ne(),
     }
+}
+
+/// Whether a Range's sort leaves matches in key order (the index's order).
+fn in_key_order(order: i32, target: i32) -> bool {
+    use range_request::{SortOrder, SortTarget};
+    let order = SortOrder::try_from(order).unwrap_or(SortOrder::None);
+    let target = SortTarget::try_from(target).unwrap_or(SortTarget::Key);
+    target == SortTarget::Key && order != SortOrder::Descend
 }
 
 fn sort_kvs(kvs: &mut [KeyValue], order: i32, target: i32) {

@@ -123,6 +123,68 @@ fn revisions_versions_and_history() {
     ));
 }
 
+/// Every combination of limit, count_only, sort and revision filter, at the current and at
+/// past revisions, against the same range computed in full and cut afterwards.
+#[test]
+fn limited_and_counted_ranges_agree_with_the_full_range() {
+    use pb::range_request::{SortOrder, SortTarget};
+    let mut t = T::new();
+    for i in 0..12 {
+        t.put(&format!("k{:02}", i % 7), &format!("v{}", 11 - i));
+    }
+    t.del("k03", "");
+    t.put("k09", "late");
+    let now = t.m.revision();
+    for rev in [0, 3, 8, now] {
+        for limit in [0, 1, 3, 20] {
+            for (order, target) in [
+                (SortOrder::None, SortTarget::Key),
+                (SortOrder::Ascend, SortTarget::Key),
+                (SortOrder::Descend, SortTarget::Key),
+                (SortOrder::Ascend, SortTarget::Value),
+                (SortOrder::None, SortTarget::Mod),
+            ] {
+                for min_mod in [0, 6] {
+                    let base = RangeRequest {
+                        key: b("k"),
+                        range_end: b("l"),
+                        revision: rev,
+                        sort_order: order as i32,
+                        sort_target: target as i32,
+                        min_mod_revision: min_mod,
+                        ..Default::default()
+                    };
+                    let full = t.m.range(&base).unwrap();
+                    let want: Vec<KeyValue> = full
+                        .kvs
+                        .iter()
+                        .take(if limit > 0 { limit } else { usize::MAX })
+                        .cloned()
+                        .collect();
+                    let what = format!("rev {rev} limit {limit} {order:?}/{target:?} min_mod {min_mod}");
+                    let r =
+                        t.m.range(&RangeRequest {
+                            limit: limit as i64,
+                            ..base.clone()
+                        })
+                        .unwrap();
+                    assert_eq!(r.kvs, want, "{what}");
+                    assert_eq!(r.count, full.count, "{what}");
+                    assert_eq!(r.more, limit > 0 && full.count > limit as i64, "{what}");
+                    let c =
+                        t.m.range(&RangeRequest {
+                            limit: limit as i64,
+                            count_only: true,
+                            ..base
+                        })
+                        .unwrap();
+                    assert_eq!((c.count, c.kvs.len()), (full.count, 0), "{what}");
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn ranges_limits_sorting_and_counts() {
     let mut t = T::new();
