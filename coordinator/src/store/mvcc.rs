@@ -384,7 +384,8 @@ impl Mvcc {
             || req.min_create_revision > 0
             || req.max_create_revision > 0;
         let key_order = in_key_order(req.sort_order, req.sort_target);
-        let keep = |held: usize| !req.count_only && !(key_order && req.limit > 0 && held as i64 >= req.limit);
+        let full = |held: usize| key_order && req.limit > 0 && held as i64 >= req.limit;
+        let keep = |held: usize| !(req.count_only || full(held));
         let mut kvs = Vec::new();
         let mut count: i64 = 0;
         for (_, h) in self.histories(&range) {
