@@ -222,14 +222,16 @@ fn start_inner<M: UnitManager>(
 
     let server = listener.map(|listener| {
         let scheduled_shared = shared.clone();
-        let svc = AgentService {
-            machine_id: cfg.machine_id.clone(),
-            scheduled: Arc::new(move |u: &UnitName| scheduled_shared.local().desired.contains_key(u)),
+        let svc = AgentService::new(
+            cfg.machine_id.clone(),
+            Arc::new(move |u: &UnitName| scheduled_shared.local().desired.contains_key(u)),
             commands,
-        };
+        );
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             let res = tonic::transport::Server::builder()
+                // Each request runs a process, and at most 16 run at once anyway.
+                .max_concurrent_streams(64)
                 .add_service(esfleet_proto::agent::agent_server::AgentServer::new(svc))
                 .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), async {
                     let _ = rx.await;

@@ -32,6 +32,13 @@ use crate::peer::{PeerClients, PeerNetwork, PeerService, MAX_PEER_MESSAGE};
 use crate::store::{self, keys, LogStore, StateMachine};
 use crate::types::{PeerNode, Raft};
 
+/// Most concurrent streams (requests) one client connection may have open. etcd sets no
+/// limit; a client that needs more opens another connection. (A watch or keepalive stream
+/// carries many watchers or leases, and etcd's clients share one connection per endpoint.)
+/// The peer port has none: a follower forwards its clients' requests to the leader over
+/// one connection.
+pub const MAX_CLIENT_STREAMS: u32 = 1_000;
+
 /// Runs one member until `shutdown` completes.
 pub async fn run(
     cfg: Config,
@@ -191,6 +198,7 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
     }
     let client_server = tonic::transport::Server::builder()
         .tcp_nodelay(true)
+        .max_concurrent_streams(MAX_CLIENT_STREAMS)
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .http2_keepalive_timeout(Some(Duration::from_secs(5)))
         .add_service(client_service!(KvServer, api::kv::KvService { node: node.clone() }))

@@ -18,6 +18,10 @@ use crate::node::Node;
 use crate::store::mvcc::{KeyRange, KvError, MvccError};
 use crate::store::WatchBatch;
 
+/// Most watchers one Watch stream may hold: each costs memory and work on every write,
+/// and a client needing more opens more streams (agents and etcdctl use a handful).
+pub const MAX_WATCHERS_PER_STREAM: usize = 10_000;
+
 /// Most events read from history per response.
 const HISTORY_CHUNK: usize = 1000;
 /// How often a watcher that asked for progress notifications gets one (etcd's default).
@@ -141,6 +145,12 @@ impl Session {
         };
         if let Err(s) = super::check_range(&c.key, &c.range_end) {
             return self.send(refuse(-1, s.message().to_string())).await;
+        }
+        if self.watchers.len() >= MAX_WATCHERS_PER_STREAM {
+            let why = format!(
+                "esfleet: this stream already has {MAX_WATCHERS_PER_STREAM} watchers; cancel some or open another stream"
+            );
+            return self.send(refuse(c.watch_id, why)).await;
         }
         let id = if c.watch_id != 0 {
             if self.watchers.contains_key(&c.watch_id) {

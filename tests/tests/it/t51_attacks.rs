@@ -188,3 +188,45 @@ async fn a_forwarded_lease_with_an_endless_ttl_is_refused_and_the_store_lives_on
         assert_no_panic(&c, i);
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_watch_stream_holds_a_bounded_number_of_watchers() {
+    if crate::fixtures::flavor() != Flavor::Esfleet {
+        return; // etcd sets no limit
+    }
+    const LIMIT: usize = 10_000;
+    let c = cluster(1).await;
+    let mut client = c.client().await;
+    let (mut watcher, mut stream) = client.watch("/t51/w/0", None).await.unwrap().split();
+    for i in 1..=LIMIT {
+        watcher.watch(format!("/t51/w/{i}"), None).await.unwrap();
+    }
+    // Creates are answered in order; the first may have been consumed by `watch` itself.
+    let mut created = 0;
+    let refused = loop {
+        let r = tokio::time::timeout(PATIENCE, stream.message())
+            .await
+            .expect("an answer to every create")
+            .unwrap()
+            .expect("the stream stays open");
+        if r.canceled() {
+            break r.cancel_reason().to_string();
+        }
+        created += usize::from(r.created());
+    };
+    assert!(
+        created == LIMIT || created == LIMIT - 1,
+        "{created} created before the refusal"
+    );
+    assert!(refused.contains("10000 watchers"), "{refused}");
+    // The stream and its watchers still work.
+    client.put("/t51/w/5", "x", None).await.unwrap();
+    let r = tokio::time::timeout(PATIENCE, stream.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.events()[0].kv().unwrap().key(), b"/t51/w/5");
+    c.check_alive().unwrap();
+    assert_no_panic(&c, 0);
+}
