@@ -29,6 +29,9 @@ use super::keys;
 /// Messages are etcd's, so etcd clients recognise them.
 /// Longest lease TTL, in seconds (etcd's `MaxLeaseTTL`).
 pub const MAX_LEASE_TTL: i64 = 9_000_000_000;
+/// Most leases the store keeps (etcd has no limit). Each costs memory on every member and
+/// work in the leader's lease keeper; esfleet needs one per agent and a few more.
+pub const MAX_LEASES: usize = 100_000;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KvError {
@@ -42,6 +45,8 @@ pub enum KvError {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("esfleet: too many leases (at most {MAX_LEASES}); revoke unused ones")]
+    TooManyLeases,
     #[error("etcdserver: key not found")]
     KeyNotFound,
 }
@@ -55,6 +60,7 @@ impl KvError {
             KvError::LeaseNotFound => Code::NotFound,
             KvError::LeaseExists => Code::FailedPrecondition,
             KvError::LeaseTtlTooLarge => Code::OutOfRange,
+            KvError::TooManyLeases => Code::ResourceExhausted,
             KvError::KeyNotFound => Code::InvalidArgument,
         }) as i32
     }
@@ -726,6 +732,9 @@ impl Mvcc {
         let ttl = ttl.max(1);
         if self.leases.contains_key(&id) {
             return Err(KvError::LeaseExists);
+        }
+        if self.leases.len() >= MAX_LEASES {
+            return Err(KvError::TooManyLeases);
         }
         self.leases.insert(
             id,

@@ -357,6 +357,16 @@ fn leases_attach_refuse_and_revoke() {
     }
     t.m.apply_lease_grant(11, -5, &mut batch, &mut changes).unwrap();
     assert_eq!(changes.leases_granted.last(), Some(&(11, 1)), "a TTL below 1 s is 1 s");
+    // A bounded number of leases: the next grant is refused, a revoke makes room.
+    for id in 100..(100 + MAX_LEASES as i64 - 2) {
+        t.m.apply_lease_grant(id, 10, &mut batch, &mut changes).unwrap();
+    }
+    assert_eq!(
+        t.m.apply_lease_grant(1, 10, &mut batch, &mut changes),
+        Err(KvError::TooManyLeases)
+    );
+    t.m.apply_lease_revoke(100, &mut batch, &mut changes).unwrap();
+    t.m.apply_lease_grant(1, 10, &mut batch, &mut changes).unwrap();
     t.backend.write(batch).unwrap();
     t.put_req(pb::PutRequest {
         key: b("k"),
