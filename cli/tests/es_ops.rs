@@ -15,9 +15,9 @@ use esfleet_cli::es::ops::{self, FleetOps, OpsError, Target, UnitView, Waits};
 use esfleet_core::es::{parse_spec, ClusterRecord, Role};
 use esfleet_core::UnitName;
 use esfleet_tests::es_standin::api::es_error;
-use esfleet_tests::es_standin::http::{self as standin_http, split_target, Request, Response};
+use esfleet_tests::es_standin::http::{self as standin_http, Request, Response};
 use esfleet_tests::es_standin::model::{ModelConfig, NodeInfo};
-use esfleet_tests::es_standin::sim::{self, body_of, Sim, STEP_MS};
+use esfleet_tests::es_standin::sim::{self, body_of, request, Sim, STEP_MS};
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 
@@ -54,18 +54,6 @@ fn node_of(unit: &str) -> String {
     // logs-d@3.service → logs-d3
     let (p, rest) = unit.split_once('@').unwrap();
     format!("{p}{}", rest.trim_end_matches(".service"))
-}
-
-fn request(method: &str, target: &str, body: &str) -> Request {
-    let (path, query) = split_target(target);
-    Request {
-        method: method.into(),
-        target: target.into(),
-        path,
-        query,
-        headers: vec![],
-        body: body.as_bytes().to_vec(),
-    }
 }
 
 impl World {

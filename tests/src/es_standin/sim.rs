@@ -70,6 +70,19 @@ pub fn data(n: usize, ms: &[NodeInfo]) -> Vec<NodeInfo> {
         .collect()
 }
 
+/// A request as a client sends it (`target` with its query string).
+pub fn request(method: &str, target: &str, body: &str) -> Request {
+    let (path, query) = split_target(target);
+    Request {
+        method: method.into(),
+        target: target.into(),
+        path,
+        query,
+        headers: vec![],
+        body: body.as_bytes().to_vec(),
+    }
+}
+
 /// A response body as JSON (`Null` when empty, a string when not JSON).
 pub fn body_of(r: &Response) -> Value {
     if r.body.is_empty() {
@@ -136,16 +149,7 @@ impl Sim {
     /// One REST request at the current time, as node `from` (`None`: the first cluster's
     /// master); a waiting request is returned pending.
     pub fn req(&mut self, method: &str, target: &str, body: &str, from: Option<&str>) -> Reply {
-        let (path, query) = split_target(target);
-        let req = Request {
-            method: method.into(),
-            target: target.into(),
-            path,
-            query,
-            headers: vec![],
-            body: body.as_bytes().to_vec(),
-        };
-        self.m.rest(&req, from, self.now)
+        self.m.rest(&request(method, target, body), from, self.now)
     }
 
     /// Answers `req` as the first cluster's master, advancing the clock step by step while
