@@ -75,7 +75,21 @@ pub struct Flags {
     /// an uncompacted store grows without bound.
     #[arg(long, env = "ESFLEET_AUTO_COMPACTION_RETENTION", default_value = "1h")]
     pub auto_compaction_retention: String,
+    /// etcd's storage quota: once this member's data on disk exceeds it, it raises the
+    /// NOSPACE alarm and the cluster refuses writes that add data until an operator
+    /// frees space or raises the quota and disarms it (`etcdctl alarm disarm`). 0: etcd's
+    /// default, 2 GiB; negative: no quota.
+    #[arg(
+        long,
+        env = "ESFLEET_QUOTA_BACKEND_BYTES",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
+    pub quota_backend_bytes: i64,
 }
+
+/// etcd's default storage quota (`DefaultQuotaBytes`).
+pub const DEFAULT_QUOTA_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ClusterState {
@@ -105,6 +119,8 @@ pub struct Config {
     /// `None`: this member never schedules (`--scheduler=false`).
     pub scheduler: Option<crate::scheduler::SchedulerConfig>,
     pub auto_compaction: crate::compactor::Retention,
+    /// Bytes on disk past which this member raises NOSPACE; `None`: no quota.
+    pub quota_backend_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -253,6 +269,11 @@ impl Flags {
             snapshot_count: self.snapshot_count,
             scheduler: self.scheduler.then_some(scheduler),
             auto_compaction,
+            quota_backend_bytes: match self.quota_backend_bytes {
+                0 => Some(DEFAULT_QUOTA_BYTES),
+                n if n < 0 => None,
+                n => Some(n as u64),
+            },
         })
     }
 }

@@ -50,7 +50,15 @@ pub struct Node {
     memo: Option<crate::memo::Memo>,
     admission: Admission,
     reads: Arc<std::sync::Mutex<ReadIndexQueue>>,
+    /// The storage quota in bytes (`--quota-backend-bytes`); 0: none.
+    pub quota: AtomicU64,
+    /// The store's size on disk and when it was read: asking the backend costs system
+    /// calls, and writes arrive by the thousand per second.
+    disk_size: std::sync::Mutex<Option<(std::time::Instant, u64)>>,
 }
+
+/// How long a reading of the store's size on disk serves the quota check.
+const DISK_SIZE_TTL: Duration = Duration::from_millis(250);
 
 /// Whose write a proposal is, for admission on the leader.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,6 +237,8 @@ impl Node {
             }),
             memo,
             admission: Admission::new(MAX_IN_FLIGHT),
+            quota: AtomicU64::new(0),
+            disk_size: std::sync::Mutex::new(None),
             reads: Arc::default(),
         }
     }
@@ -437,6 +447,7 @@ impl Node {
     }
 
     async fn propose_as(&self, req: InternalRequest, class: Class) -> Result<InternalResponse, Status> {
+        self.check_quota(&req).await?;
         let resp = self
             .via_leader(|target| {
                 let req = req.clone();
@@ -461,6 +472,54 @@ impl Node {
             })
             .await?;
         refused(resp)
+    }
+
+    /// The store's size on disk, read at most every [`DISK_SIZE_TTL`].
+    fn disk_size(&self) -> u64 {
+        let mut cached = self.disk_size.lock().or_recover();
+        match *cached {
+            Some((at, size)) if at.elapsed() < DISK_SIZE_TTL => size,
+            _ => {
+                let size = self.backend.size_on_disk();
+                *cached = Some((std::time::Instant::now(), size));
+                size
+            }
+        }
+    }
+
+    /// etcd's quota check, made where a write arrives: a write that adds data while this
+    /// member's store is over its quota raises the NOSPACE alarm (once; the alarm is
+    /// replicated, and every member then refuses such writes when applying them) and is
+    /// refused with etcd's error.
+    async fn check_quota(&self, req: &InternalRequest) -> Result<(), Status> {
+        use esfleet_proto::etcdserverpb::{alarm_request::AlarmAction, AlarmRequest, AlarmType};
+        use esfleet_proto::raft::internal_request::Request as R;
+        let quota = self.quota.load(Ordering::Relaxed);
+        let adds = match &req.request {
+            Some(R::Txn(t)) => crate::store::state_machine::txn_puts(t),
+            Some(R::LeaseGrant(_)) => true,
+            _ => false,
+        };
+        if quota == 0 || !adds || self.disk_size() <= quota {
+            return Ok(());
+        }
+        let raised = self.store.mvcc.read().or_recover().out_of_space();
+        if !raised {
+            tracing::warn!(
+                quota,
+                size = self.disk_size(),
+                "the store is over its quota: raising the NOSPACE alarm"
+            );
+            let alarm = InternalRequest {
+                request: Some(R::Alarm(AlarmRequest {
+                    action: AlarmAction::Activate as i32,
+                    member_id: self.id,
+                    alarm: AlarmType::Nospace as i32,
+                })),
+            };
+            Box::pin(self.propose_as(alarm, Class::Cluster)).await?;
+        }
+        Err(Status::resource_exhausted("etcdserver: mvcc: database space exceeded"))
     }
 
     /// Proposes on this member only, never forwarded, bounded by the request timeout; a

@@ -147,6 +147,10 @@ pub async fn start(cfg: Config, client_listener: TcpListener, peer_listener: Tcp
         cfg.election_timeout,
         Some(crate::memo::Memo::new(&cfg.data_dir)),
     ));
+    node.quota.store(
+        cfg.quota_backend_bytes.unwrap_or(0),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut tasks = Vec::new();

@@ -7,6 +7,7 @@ use esfleet_proto::etcdserverpb::{self as pb, maintenance_server::Maintenance};
 use tonic::{Request, Response, Status};
 
 use crate::node::Node;
+use crate::sync::Recover;
 
 /// The etcd API version esfleet implements (a subset of it), reported where etcd reports
 /// its own version, because clients compare it.
@@ -18,10 +19,29 @@ pub struct MaintenanceService {
 
 #[tonic::async_trait]
 impl Maintenance for MaintenanceService {
-    async fn alarm(&self, _req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+    /// etcd's alarms: GET lists them (`etcdctl alarm list`); ACTIVATE and DEACTIVATE
+    /// (`etcdctl alarm disarm` sends one DEACTIVATE per raised alarm) go through Raft.
+    async fn alarm(&self, req: Request<pb::AlarmRequest>) -> Result<Response<pb::AlarmResponse>, Status> {
+        use esfleet_proto::raft::{internal_request, internal_response, InternalRequest};
+        let req = req.into_inner();
+        let alarms = if req.action == pb::alarm_request::AlarmAction::Get as i32 {
+            self.node.linearizable().await?;
+            self.node.store.mvcc.read().or_recover().alarm_list()
+        } else {
+            let resp = self
+                .node
+                .propose(InternalRequest {
+                    request: Some(internal_request::Request::Alarm(req)),
+                })
+                .await?;
+            match resp.response {
+                Some(internal_response::Response::Alarm(a)) => a.alarms,
+                other => return Err(Status::internal(format!("unexpected answer to an alarm: {other:?}"))),
+            }
+        };
         Ok(Response::new(pb::AlarmResponse {
             header: Some(self.node.header(0)),
-            alarms: Vec::new(),
+            alarms,
         }))
     }
 

@@ -47,6 +47,8 @@ pub enum KvError {
     LeaseTtlTooLarge,
     #[error("esfleet: too many leases (at most {MAX_LEASES}); revoke unused ones")]
     TooManyLeases,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: key not found")]
     KeyNotFound,
 }
@@ -60,7 +62,7 @@ impl KvError {
             KvError::LeaseNotFound => Code::NotFound,
             KvError::LeaseExists => Code::FailedPrecondition,
             KvError::LeaseTtlTooLarge => Code::OutOfRange,
-            KvError::TooManyLeases => Code::ResourceExhausted,
+            KvError::TooManyLeases | KvError::NoSpace => Code::ResourceExhausted,
             KvError::KeyNotFound => Code::InvalidArgument,
         }) as i32
     }
@@ -191,6 +193,9 @@ pub struct Mvcc {
     /// Learners that should become voters once they have caught up (`member add` without
     /// `--learner`), by id.
     promotions: BTreeSet<u64>,
+    /// etcd's alarms: (member id, `AlarmType`). While a NOSPACE alarm is raised, writes that
+    /// add data (puts, lease grants) are refused on every member (etcd's capped applier).
+    alarms: BTreeSet<(u64, i32)>,
 }
 
 /// The most keys a range may hold for [`Mvcc::history`] to read it through the key index.
@@ -215,6 +220,7 @@ impl Mvcc {
             leases: BTreeMap::new(),
             members: BTreeMap::new(),
             promotions: BTreeSet::new(),
+            alarms: BTreeSet::new(),
         };
         m.load()?;
         Ok(m)
@@ -225,6 +231,10 @@ impl Mvcc {
         self.leases.clear();
         self.members.clear();
         self.promotions.clear();
+        self.alarms.clear();
+        if let Some(v) = self.backend.get(&keys::meta("alarms"))? {
+            self.alarms = decode_bincode(&v, "alarms")?;
+        }
         if let Some(v) = self.backend.get(&keys::meta("counters"))? {
             let c: Counters = decode_bincode(&v, "counters")?;
             self.revision = c.revision;
@@ -809,6 +819,40 @@ impl Mvcc {
         self.persist_members(batch);
     }
 
+    /// etcd's Alarm ACTIVATE / DEACTIVATE (GET is answered without a proposal). Returns
+    /// the alarms now raised.
+    pub fn apply_alarm(&mut self, req: &pb::AlarmRequest, batch: &mut WriteBatch) -> Vec<pb::AlarmMember> {
+        use pb::alarm_request::AlarmAction;
+        let entry = (req.member_id, req.alarm);
+        let changed = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Activate) if req.alarm != pb::AlarmType::None as i32 => self.alarms.insert(entry),
+            Ok(AlarmAction::Deactivate) => self.alarms.remove(&entry),
+            _ => false,
+        };
+        if changed {
+            batch.put(
+                keys::meta("alarms"),
+                bincode::serialize(&self.alarms).expect("serialize"),
+            );
+        }
+        self.alarm_list()
+    }
+
+    pub fn alarm_list(&self) -> Vec<pb::AlarmMember> {
+        self.alarms
+            .iter()
+            .map(|(member_id, alarm)| pb::AlarmMember {
+                member_id: *member_id,
+                alarm: *alarm,
+            })
+            .collect()
+    }
+
+    /// Whether a NOSPACE alarm is raised (by any member).
+    pub fn out_of_space(&self) -> bool {
+        self.alarms.iter().any(|(_, a)| *a == pb::AlarmType::Nospace as i32)
+    }
+
     pub fn apply_promotion_intent(&mut self, id: u64, promote: bool, batch: &mut WriteBatch) {
         if promote {
             self.promotions.insert(id);
@@ -1006,6 +1050,7 @@ impl Mvcc {
             leases: self.leases.iter().map(|(id, l)| (*id, l.ttl)).collect(),
             members: self.members.values().map(|m| m.encode_to_vec()).collect(),
             promotions: self.promotions.clone(),
+            alarms: self.alarms.clone(),
         })
     }
 
@@ -1036,6 +1081,10 @@ impl Mvcc {
             keys::meta("promotions"),
             bincode::serialize(&body.promotions).expect("serialize"),
         );
+        batch.put(
+            keys::meta("alarms"),
+            bincode::serialize(&body.alarms).expect("serialize"),
+        );
         let c = Counters {
             revision: body.revision,
             compact_revision: body.compact_revision,
@@ -1050,7 +1099,8 @@ impl Mvcc {
     }
 }
 
-const SNAPSHOT_FORMAT: u32 = 1;
+/// 2: with `alarms`. Format 1 bodies are still read ([`SnapshotBodyV1`]).
+const SNAPSHOT_FORMAT: u32 = 2;
 
 #[derive(Serialize, Deserialize)]
 pub struct SnapshotBody {
@@ -1061,6 +1111,34 @@ pub struct SnapshotBody {
     leases: Vec<(i64, i64)>,
     members: Vec<Vec<u8>>,
     promotions: BTreeSet<u64>,
+    alarms: BTreeSet<(u64, i32)>,
+}
+
+/// A snapshot body as builds before alarms wrote it (snapshot file format 1).
+#[derive(Serialize, Deserialize)]
+pub struct SnapshotBodyV1 {
+    format: u32,
+    revision: i64,
+    compact_revision: i64,
+    records: Vec<(Vec<u8>, Vec<u8>)>,
+    leases: Vec<(i64, i64)>,
+    members: Vec<Vec<u8>>,
+    promotions: BTreeSet<u64>,
+}
+
+impl From<SnapshotBodyV1> for SnapshotBody {
+    fn from(v: SnapshotBodyV1) -> SnapshotBody {
+        SnapshotBody {
+            format: SNAPSHOT_FORMAT,
+            revision: v.revision,
+            compact_revision: v.compact_revision,
+            records: v.records,
+            leases: v.leases,
+            members: v.members,
+            promotions: v.promotions,
+            alarms: BTreeSet::new(),
+        }
+    }
 }
 
 fn decode_bincode<T: serde::de::DeserializeOwned>(v: &[u8], what: &str) -> Result<T, BackendError> {

@@ -31,7 +31,8 @@ use crate::types::PeerNode;
 /// The first bytes of every snapshot file.
 pub const MAGIC: &[u8; 8] = b"ESFSNAP\0";
 /// The snapshot file layout this build reads and writes.
-pub const FILE_FORMAT: u32 = 1;
+/// 2: the body carries etcd's alarms. Files of format 1 are still read.
+pub const FILE_FORMAT: u32 = 2;
 const HEADER_LEN: usize = MAGIC.len() + 4;
 /// Completed snapshot files end with this; everything else in the directory is temporary.
 const SNAP_SUFFIX: &str = ".snap";
@@ -301,11 +302,16 @@ pub fn read_body(path: &Path, mut r: impl Read) -> Result<SnapshotBody, Snapshot
         return Err(format("wrong magic bytes".into()));
     }
     let version = u32::from_be_bytes(header[MAGIC.len()..].try_into().expect("4 bytes"));
-    if version != FILE_FORMAT {
-        return Err(format(format!("file format {version}, this build reads {FILE_FORMAT}")));
+    let r = io::BufReader::with_capacity(1 << 20, r);
+    match version {
+        FILE_FORMAT => bincode::deserialize_from(r).map_err(|e| format(format!("undecodable body: {e}"))),
+        1 => bincode::deserialize_from::<_, super::mvcc::SnapshotBodyV1>(r)
+            .map(SnapshotBody::from)
+            .map_err(|e| format(format!("undecodable format-1 body: {e}"))),
+        _ => Err(format(format!(
+            "file format {version}, this build reads 1 and {FILE_FORMAT}"
+        ))),
     }
-    bincode::deserialize_from(io::BufReader::with_capacity(1 << 20, r))
-        .map_err(|e| format(format!("undecodable body: {e}")))
 }
 
 /// An open snapshot file: openraft's `SnapshotData`. The leader reads it chunk by chunk to

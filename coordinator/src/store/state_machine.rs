@@ -254,7 +254,23 @@ impl StateMachine {
                 }))
             }
         };
+        // etcd's capped applier: while a NOSPACE alarm is raised, what would add data is
+        // refused (deletes, compaction and alarms still apply, so space can be won back).
+        if m.out_of_space() {
+            let adds = match &req.request {
+                Some(R::Txn(t)) => txn_puts(t),
+                Some(R::LeaseGrant(_)) => true,
+                _ => false,
+            };
+            if adds {
+                return Ok(refused(super::mvcc::KvError::NoSpace));
+            }
+        }
         Ok(match req.request {
+            Some(R::Alarm(a)) => A::Alarm(pb::AlarmResponse {
+                header: None,
+                alarms: m.apply_alarm(&a, batch),
+            }),
             Some(R::Txn(txn)) => match m.apply_txn(&txn, batch, changes) {
                 Ok(resp) => A::Txn(resp),
                 Err(MvccError::Kv(e)) => refused(e),
@@ -526,6 +542,16 @@ impl RaftSnapshotBuilder<TypeConfig> for SnapshotBuilder {
             snapshot: Box::new(file),
         })
     }
+}
+
+/// Whether a txn (or one nested in it) holds a put, on either branch.
+pub fn txn_puts(t: &pb::TxnRequest) -> bool {
+    use pb::request_op::Request as Op;
+    t.success.iter().chain(&t.failure).any(|op| match &op.request {
+        Some(Op::RequestPut(_)) => true,
+        Some(Op::RequestTxn(inner)) => txn_puts(inner),
+        _ => false,
+    })
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ mod t40_watch_resume;
 mod t45_compaction;
 mod t50_bad_input;
 mod t51_attacks;
+mod t52_quota;
 mod t60_systemd;
 mod t70_scheduler;
 mod t80_realcluster;

@@ -453,8 +453,28 @@ fn snapshot_restores_everything() {
     let mut batch = WriteBatch::default();
     t.m.apply_lease_grant(5, 30, &mut batch, &mut Changes::default())
         .unwrap();
+    let nospace = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Activate as i32,
+        member_id: 7,
+        alarm: pb::AlarmType::Nospace as i32,
+    };
+    assert_eq!(t.m.apply_alarm(&nospace, &mut batch).len(), 1);
     t.backend.write(batch).unwrap();
     let body = bincode::serialize(&t.m.snapshot().unwrap()).unwrap();
+    // A snapshot from a build before alarms (format 1) still restores, without alarms.
+    let v1 = SnapshotBodyV1 {
+        format: 1,
+        revision: 3,
+        compact_revision: 0,
+        records: vec![],
+        leases: vec![],
+        members: vec![],
+        promotions: BTreeSet::new(),
+    };
+    let old: SnapshotBody = bincode::deserialize::<SnapshotBodyV1>(&bincode::serialize(&v1).unwrap())
+        .unwrap()
+        .into();
+    assert!(old.alarms.is_empty() && old.format == SNAPSHOT_FORMAT);
 
     let mut other = T::new();
     other.put("junk", "x");
@@ -469,6 +489,18 @@ fn snapshot_restores_everything() {
     assert_eq!(other.get("a", 2).unwrap().value, b("1"));
     assert_eq!(other.m.revision(), 3);
     assert_eq!(other.m.lease(5).unwrap().ttl, 30);
+    assert!(other.m.out_of_space(), "the alarm came with the snapshot");
+    // Raised, it caps writes that add data; deactivated, it is gone.
+    let off = pb::AlarmRequest {
+        action: pb::alarm_request::AlarmAction::Deactivate as i32,
+        member_id: 7,
+        alarm: pb::AlarmType::Nospace as i32,
+    };
+    let mut batch = WriteBatch::default();
+    assert!(other.m.apply_alarm(&off, &mut batch).is_empty());
+    other.backend.write(batch).unwrap();
+    other.m.reload().unwrap();
+    assert!(!other.m.out_of_space(), "the deactivation was persisted");
 }
 
 #[test]
