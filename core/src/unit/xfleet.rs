@@ -18,6 +18,9 @@ use crate::name::{validate_machine_id, UnitName};
 use crate::options::{Distinct, Fence, HealthCheck, MetadataCond, Resources, XFleet};
 use crate::unit::UnitFile;
 
+/// The longest `Group=` name (a label, never a file name on a host).
+const MAX_GROUP_NAME: usize = 256;
+
 /// The section fleet and esfleet read.
 pub const SECTION: &str = "X-Fleet";
 
@@ -618,7 +621,7 @@ impl Ctx<'_> {
         let Some(g) = self.single(r, "group name")? else {
             return Ok(None);
         };
-        if g.len() > crate::name::MAX_UNIT_NAME
+        if g.len() > MAX_GROUP_NAME
             || !g
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, ':' | '_' | '.' | '-'))
@@ -629,7 +632,7 @@ impl Ctx<'_> {
                     "{}={}: a group name is at most {} letters, digits and ':_.-'",
                     r.key,
                     r.value,
-                    crate::name::MAX_UNIT_NAME
+                    MAX_GROUP_NAME
                 ),
             ));
         }
