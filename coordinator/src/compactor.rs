@@ -7,7 +7,6 @@
 //! the same point of the log. Time is leader-local (tokio time): a new leader starts its
 //! samples afresh, which can only delay a compaction, never advance one.
 
-use crate::sync::Recover;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,6 +17,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::node::Node;
+use crate::sync::Recover;
 
 /// What to keep.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -11,7 +11,6 @@
 //! election timeout, and for a TTL after, a lease expires only once that grace has passed
 //! since its last renewal: its agent has fenced by then. See [`esfleet_core::lease`].
 
-use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -25,6 +24,7 @@ use tonic::{Code, Status};
 use crate::memo::Memo;
 use crate::node::{no_leader, Node, Route};
 use crate::store::state_machine::LeaseObserver;
+use crate::sync::Recover;
 
 /// How long after it last heard from a leader a member may still say "there is no
 /// leader" ([`Node::route`]); after it, it answers with a plain error. The bound exists for

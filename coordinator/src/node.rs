@@ -2,7 +2,6 @@
 //! few operations every API needs: propose a request (here or through the leader), make a
 //! read linearizable, change the membership, stamp a response header.
 
-use crate::sync::Recover;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -19,6 +18,7 @@ use tonic::{Code, Status};
 use crate::lease::LeaseKeeper;
 use crate::peer::{self, PeerClients};
 use crate::store::{keys, Backend, StoreShared};
+use crate::sync::Recover;
 use crate::types::{PeerNode, Raft, Request};
 
 /// A membership change, executed by the leader.

@@ -3,7 +3,6 @@
 //! hands to the leader. openraft's messages travel bincode-encoded in a `PeerMessage`
 //! envelope that also carries the cluster id, so members of different clusters never mix.
 
-use crate::sync::Recover;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -29,6 +28,7 @@ use tonic::transport::{Channel, Endpoint};
 use tonic::{Code, Request, Response, Status};
 
 use crate::node::{MemberChange, Node};
+use crate::sync::Recover;
 use crate::types::{PeerNode, TypeConfig};
 
 /// Largest message between peers (Raft batches, snapshot chunks).

@@ -4,7 +4,6 @@
 //! [`run`] takes bound listeners and a shutdown future (tests bind `127.0.0.1:0`). Shutdown
 //! order: stop taking requests, stop the loops, stop Raft, flush storage.
 
-use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::atomic::AtomicU64;
@@ -30,6 +29,7 @@ use crate::lease::LeaseKeeper;
 use crate::node::{MemberChange, Node};
 use crate::peer::{PeerClients, PeerNetwork, PeerService, MAX_PEER_MESSAGE};
 use crate::store::{self, keys, LogStore, StateMachine};
+use crate::sync::Recover;
 use crate::types::{PeerNode, Raft};
 
 /// Most concurrent streams (requests) one client connection may have open. etcd sets no

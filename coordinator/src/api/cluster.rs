@@ -4,7 +4,6 @@
 //! the leader once it has caught up (see [`crate::server`]'s promoter), so adding a member
 //! that has not started yet never costs the cluster its quorum.
 
-use crate::sync::Recover;
 use std::sync::Arc;
 
 use esfleet_proto::etcdserverpb::{self as pb, cluster_server::Cluster};
@@ -12,6 +11,7 @@ use esfleet_proto::raft::{internal_request, InternalRequest, PromotionIntent};
 use tonic::{Request, Response, Status};
 
 use crate::node::{MemberChange, Node};
+use crate::sync::Recover;
 use crate::types::member_id;
 
 pub struct ClusterService {

@@ -1,6 +1,5 @@
 //! etcd's KV service.
 
-use crate::sync::Recover;
 use std::sync::Arc;
 
 use esfleet_proto::etcdserverpb::{self as pb, kv_server::Kv};
@@ -11,6 +10,7 @@ use tonic::{Request, Response, Status};
 use super::*;
 use crate::node::Node;
 use crate::store::mvcc::MvccError;
+use crate::sync::Recover;
 
 pub struct KvService {
     pub node: Arc<Node>,

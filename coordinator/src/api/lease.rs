@@ -1,7 +1,6 @@
 //! etcd's Lease service. Grants and revocations go through Raft; keepalives and
 //! time-to-live are answered by the leader from memory (see [`crate::lease`]).
 
-use crate::sync::Recover;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -12,6 +11,7 @@ use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::node::Node;
+use crate::sync::Recover;
 
 pub struct LeaseService {
     pub node: Arc<Node>,

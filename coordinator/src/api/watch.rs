@@ -2,7 +2,6 @@
 //! state: live events come from the state machine's broadcast; a watcher that starts in
 //! the past, or falls behind the broadcast, catches up from stored history first.
 
-use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -17,6 +16,7 @@ use tonic::{Request, Response, Status, Streaming};
 use crate::node::Node;
 use crate::store::mvcc::{KeyRange, KvError, MvccError};
 use crate::store::WatchBatch;
+use crate::sync::Recover;
 
 /// Most watchers one Watch stream may hold: each costs memory and work on every write,
 /// and a client needing more opens more streams (agents and etcdctl use a handful).

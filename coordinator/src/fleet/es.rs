@@ -13,7 +13,6 @@
 //! keeps the stored value. Every write is a compare-and-set Txn; an apply's also requires
 //! that no cluster record changed since the read its port check used.
 
-use crate::sync::Recover;
 use std::collections::BTreeMap;
 
 use esfleet_core::es::{self as core_es, ClusterRecord, ClusterSpec, Role, Runtime};
@@ -25,6 +24,7 @@ use tonic::{Request, Response, Status};
 use super::{FleetService, CAS_ATTEMPTS};
 use crate::scheduler::snapshot::{read_prefix, StoreSnapshot};
 use crate::scheduler::txn;
+use crate::sync::Recover;
 
 /// Every stored cluster record with its key's mod revision, and the units, at one revision.
 struct EsSnapshot {

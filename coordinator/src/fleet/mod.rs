@@ -11,7 +11,6 @@
 mod es;
 pub mod info;
 
-use crate::sync::Recover;
 use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -35,6 +34,7 @@ use crate::node::Node;
 use crate::scheduler::snapshot::{decode_epoch, StoreSnapshot};
 use crate::scheduler::txn;
 use crate::store::WatchBatch;
+use crate::sync::Recover;
 
 /// How often a compare-and-set write is retried when another write got in between.
 pub(crate) const CAS_ATTEMPTS: usize = 8;

@@ -21,7 +21,6 @@ pub mod snapshot;
 pub mod tracker;
 pub mod txn;
 
-use crate::sync::Recover;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
@@ -37,6 +36,7 @@ use tokio::time::Instant;
 
 use crate::node::Node;
 use crate::store::WatchBatch;
+use crate::sync::Recover;
 use snapshot::{encode_epoch, StoreSnapshot};
 use tracker::Trackers;
 

@@ -7,9 +7,10 @@
 //! machine's metadata together. The real backend is sled ([`super::sled_backend`], the only
 //! module that imports sled); [`MemBackend`] serves fast tests and the conformance suite.
 
-use crate::sync::Recover;
 use std::collections::BTreeMap;
 use std::sync::Mutex;
+
+use crate::sync::Recover;
 
 /// A storage failure. The coordinator treats every one as fatal for the member: Raft
 /// cannot continue on a disk it cannot trust.

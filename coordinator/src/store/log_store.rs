@@ -16,7 +16,6 @@
 // return it too rather than convert at every call.
 #![allow(clippy::result_large_err)]
 
-use crate::sync::Recover;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::sync::{mpsc, Arc, Mutex};
@@ -26,6 +25,7 @@ use openraft::{ErrorSubject, ErrorVerb, RaftLogReader, StorageIOError};
 
 use super::backend::{Backend, WriteBatch};
 use super::{io_err, keys};
+use crate::sync::Recover;
 use crate::types::{Entry, LogId, StorageError, TypeConfig, Vote};
 
 #[derive(Clone)]

@@ -7,7 +7,6 @@
 // return it too rather than convert at every call.
 #![allow(clippy::result_large_err)]
 
-use crate::sync::Recover;
 use std::sync::{Arc, Mutex, RwLock};
 
 use esfleet_proto::etcdserverpb as pb;
@@ -22,6 +21,7 @@ use super::backend::{Backend, BackendError, WriteBatch};
 use super::keys;
 use super::mvcc::{Changes, KeyRange, Mvcc, MvccError, SnapshotBody};
 use super::snapshots::{self, SnapshotDir, SnapshotError, SnapshotFile, SnapshotPointer};
+use crate::sync::Recover;
 use crate::types::{LogId, PeerNode, Request, Response, StorageError, StoredMembership, TypeConfig};
 
 /// What one applied entry changed, as watchers see it.

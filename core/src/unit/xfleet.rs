@@ -630,9 +630,7 @@ impl Ctx<'_> {
                 r,
                 format!(
                     "{}={}: a group name is at most {} letters, digits and ':_.-'",
-                    r.key,
-                    r.value,
-                    MAX_GROUP_NAME
+                    r.key, r.value, MAX_GROUP_NAME
                 ),
             ));
         }
