@@ -80,12 +80,22 @@ pub fn check_of(entry: &ScheduleEntry) -> Option<Check> {
     })
 }
 
-/// A file's identity for the cache: modification time and size (`None`: unreadable).
-type Stamp = Option<(SystemTime, u64)>;
+/// A file's identity for the cache (`None`: unreadable): modification time and size, and
+/// the inode change time, owner and mode, so that a credentials file made readable to
+/// others (chmod leaves the modification time alone) is refused at the next check again.
+type Stamp = Option<(SystemTime, u64, i64, i64, u32, u32)>;
 
 fn stamp(path: &str) -> Stamp {
+    use std::os::unix::fs::MetadataExt;
     let m = std::fs::metadata(path).ok()?;
-    Some((m.modified().ok()?, m.len()))
+    Some((
+        m.modified().ok()?,
+        m.len(),
+        m.ctime(),
+        m.ctime_nsec(),
+        m.uid(),
+        m.mode(),
+    ))
 }
 
 type TransportKey = (String, Option<String>);
@@ -303,5 +313,21 @@ mod tests {
             assert!(t.get(&missing, None).unwrap_err().contains("missing.pem"));
         }
         assert_eq!(t.builds.load(Ordering::Relaxed), 2);
+        // Credentials made readable to others are refused at the next check, although
+        // chmod leaves the file's modification time and size alone.
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            println!("not root: the agent's credentials must be root's; skipping that part");
+            return;
+        }
+        let creds = dir.path().join("creds").display().to_string();
+        std::fs::write(&creds, "user:pw\n").unwrap();
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o600)).unwrap();
+        t.get(&ca, Some(&creds)).unwrap();
+        t.get(&ca, Some(&creds)).unwrap();
+        assert_eq!(t.builds.load(Ordering::Relaxed), 3);
+        std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = t.get(&ca, Some(&creds)).unwrap_err();
+        assert!(e.contains("creds"), "{e}");
     }
 }

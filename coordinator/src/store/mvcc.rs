@@ -733,7 +733,8 @@ impl Mvcc {
         // Checked again here, not only where a client's request arrives: a proposal can
         // come from a peer's Forward or an older member, and whatever is applied becomes
         // every member's state and every replay's.
-        if id == 0 {
+        // 0 means "no lease", and the client API refuses negative ids.
+        if id <= 0 {
             return Err(KvError::LeaseNotFound);
         }
         if ttl > MAX_LEASE_TTL {

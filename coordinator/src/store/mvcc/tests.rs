@@ -352,6 +352,7 @@ fn leases_attach_refuse_and_revoke() {
         (10, i64::MAX, KvError::LeaseTtlTooLarge),
         (10, MAX_LEASE_TTL + 1, KvError::LeaseTtlTooLarge),
         (0, 10, KvError::LeaseNotFound),
+        (-3, 10, KvError::LeaseNotFound),
     ] {
         assert_eq!(t.m.apply_lease_grant(id, ttl, &mut batch, &mut changes), Err(want));
     }
